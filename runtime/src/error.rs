@@ -1,0 +1,108 @@
+//! The error type of this crate.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in `monovlm-runtime`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // --- queries (runtime::protocol) ---
+    /// The query is empty or only white space.
+    #[error("the query is empty")]
+    EmptyQuery,
+    /// The query is longer than the protocol allows.
+    #[error("the query has {chars} characters; at most {max} are allowed")]
+    QueryTooLong {
+        /// Its length in characters.
+        chars: usize,
+        /// The limit, [`crate::protocol::MAX_QUERY_CHARS`].
+        max: usize,
+    },
+    /// The query holds text that would change the prompt's structure.
+    #[error("the query must not contain {what}")]
+    QueryForbidden {
+        /// What was found, e.g. "chat-template markers '<|' or '|>'".
+        what: &'static str,
+    },
+
+    // --- model answers (runtime::protocol) ---
+    /// No `<answer>` tag in the model's text.
+    #[error("no <answer> tag in the model output")]
+    MissingAnswerTag,
+    /// `<answer>` without a closing `</answer>`.
+    #[error("<answer> is not closed by </answer>")]
+    UnclosedAnswerTag,
+    /// The text inside `<answer>` is not a JSON object.
+    #[error("the answer is not valid JSON: {0}")]
+    AnswerJson(String),
+    /// A required key is missing from the answer object.
+    #[error("the answer has no \"{0}\" field")]
+    MissingField(&'static str),
+    /// A box field has the wrong number of values or is not an array.
+    #[error("\"{field}\" must be an array of {expected} numbers, got {got}")]
+    WrongArity {
+        /// `bbox_2d` or `bbox_3d`.
+        field: &'static str,
+        /// The number of values the protocol expects.
+        expected: usize,
+        /// What was found.
+        got: String,
+    },
+    /// A value is not a number, or not a finite one.
+    #[error("\"{field}\"[{index}] must be a finite number, got {got}")]
+    NotFinite {
+        /// `bbox_2d` or `bbox_3d`.
+        field: &'static str,
+        /// Position in the array.
+        index: usize,
+        /// What was found.
+        got: String,
+    },
+    /// A 3D size (`l`, `w` or `h`) is not positive.
+    #[error("\"bbox_3d\" size {name} = {value} must be > 0")]
+    NonPositiveSize {
+        /// `l`, `w` or `h`.
+        name: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// A 2D box with `x2 < x1` or `y2 < y1`.
+    #[error("\"bbox_2d\" [{x1}, {y1}, {x2}, {y2}] has x2 < x1 or y2 < y1")]
+    InvertedBox2d {
+        /// Left.
+        x1: f64,
+        /// Top.
+        y1: f64,
+        /// Right.
+        x2: f64,
+        /// Bottom.
+        y2: f64,
+    },
+
+    // --- ONNX Runtime ---
+    /// The ONNX Runtime shared library was not found.
+    #[error(
+        "ONNX Runtime library not found (looked at: {}); run `bash scripts/setup` in the repository, \
+         or set ORT_DYLIB_PATH to libonnxruntime.so",
+        .searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    OrtLibraryNotFound {
+        /// Every path that was tried.
+        searched: Vec<PathBuf>,
+    },
+    /// ONNX Runtime failed to load or initialise.
+    #[error("ONNX Runtime ({path}): {message}")]
+    OrtInit {
+        /// The library that was loaded.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+
+    // --- geometry ---
+    /// An error from the geometry crate (invalid intrinsics, boxes, ...).
+    #[error(transparent)]
+    Calib(#[from] monovlm_calib::Error),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
