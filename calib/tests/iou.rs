@@ -233,10 +233,18 @@ fn both_ious_match_the_python_references() {
     for i in 0..r.boxes_a.len() {
         let (a, b) = (to_box(&r.boxes_a[i]), to_box(&r.boxes_b[i]));
         let ours = iou_3d(&a, &b);
-        assert!((ours - r.iou_rotated[i]).abs() < EXACT_TOL, "pair {i}: {ours} vs shapely {}", r.iou_rotated[i]);
+        assert!(
+            (ours - r.iou_rotated[i]).abs() < EXACT_TOL,
+            "pair {i}: {ours} vs shapely {}",
+            r.iou_rotated[i]
+        );
         // Both sides in float32, same operation order: equal up to the f64 -> f32 casts of inputs.
         let compat = iou3d_mono3dvg(&a, &b);
-        assert!((compat - r.iou_mono3dvg[i]).abs() < 1e-6, "pair {i}: {compat} vs evaluator {}", r.iou_mono3dvg[i]);
+        assert!(
+            (compat - r.iou_mono3dvg[i]).abs() < 1e-6,
+            "pair {i}: {compat} vs evaluator {}",
+            r.iou_mono3dvg[i]
+        );
         overlapping += usize::from(ours > 0.0);
     }
     assert!(overlapping > 200, "the fixture must exercise the clipping ({overlapping} overlapping pairs)");
