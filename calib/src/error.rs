@@ -54,6 +54,14 @@ pub enum Error {
         reason: &'static str,
     },
 
+    // --- calibration ---
+    /// A checkerboard description is invalid.
+    #[error("invalid checkerboard: {0}")]
+    InvalidBoard(String),
+    /// Calibration cannot run or did not converge.
+    #[error("calibration failed: {0}")]
+    Calibration(String),
+
     // --- files ---
     /// A KITTI calibration or label text could not be parsed.
     #[error("{source_name}:{line}: {message}")]

@@ -15,13 +15,18 @@
 //!   KITTI `P2` translation `tx = P2[0,3] / -fx` (and `ty`), honoured by projection and
 //!   back-projection.
 
+mod board;
 mod box2d;
 mod box3d;
+pub mod calibrate;
 mod camera;
 mod error;
 mod iou3d;
 pub mod kitti;
+pub mod synth;
+pub mod undistort;
 
+pub use board::Checkerboard;
 pub use box2d::{Box2d, iou_2d};
 pub use box3d::{BOX_EDGES, Box3d, NEAR_PLANE_M, wrap_angle};
 pub use camera::{Distortion, Intrinsics, MIN_PROJECT_DEPTH_M, ResizeMap};

@@ -1,0 +1,87 @@
+//! Calibration: Zhang + Levenberg-Marquardt recover a known camera from synthetic corners, and
+//! refuse what cannot be calibrated.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed expectation is a failed test
+
+use monovlm_calib::calibrate::{CalibrationOptions, calibrate};
+use monovlm_calib::synth::{look_at_board, true_corners};
+use monovlm_calib::{Checkerboard, Distortion, Intrinsics, Point2};
+
+/// The camera of the foundation issue's acceptance test: 1280x720, a mild barrel lens.
+pub fn truth() -> Intrinsics {
+    Intrinsics::new(1000.0, 1002.0, 641.3, 358.9, 1280, 720)
+        .unwrap()
+        .with_distortion(Distortion::new(-0.28, 0.07, 0.0008, -0.0005, 0.0).unwrap())
+}
+
+/// 20 varied poses of a 9x6 board of 40 mm squares, all fully in view.
+pub fn poses(board: &Checkerboard) -> Vec<nalgebra::Isometry3<f64>> {
+    (0..20)
+        .map(|i| {
+            let f = i as f64;
+            look_at_board(
+                board,
+                0.55 + 0.03 * (i % 5) as f64,
+                0.45 * (f * 1.3).sin(),
+                0.45 * (f * 0.7 + 1.0).cos(),
+                0.4 * (f * 2.1).sin(),
+                (0.06 * (f * 1.7).cos(), 0.04 * (f * 0.9).sin()),
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+/// Box-Muller noise from a fixed seed.
+fn noise(seed: u64, n: usize, sigma: f64) -> Vec<f64> {
+    let mut s = seed;
+    let mut unit = || {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    (0..n).map(|_| sigma * (-2.0 * unit().ln()).sqrt() * (std::f64::consts::TAU * unit()).cos()).collect()
+}
+
+#[test]
+fn recovers_a_known_camera_from_noisy_corners() {
+    let board = Checkerboard::new(9, 6, 0.04).unwrap();
+    let k = truth();
+    let views: Vec<Vec<Point2<f64>>> = poses(&board)
+        .iter()
+        .enumerate()
+        .map(|(v, pose)| {
+            let n = noise(v as u64 + 1, 2 * board.len(), 0.1);
+            true_corners(&board, &k, pose)
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let p = p.unwrap();
+                    assert!(k.contains(&p), "view {v} corner {i} leaves the image");
+                    Point2::new(p.x + n[2 * i], p.y + n[2 * i + 1])
+                })
+                .collect()
+        })
+        .collect();
+    let t = std::time::Instant::now();
+    let c = calibrate(&board, &views, 1280, 720, &CalibrationOptions::default()).unwrap();
+    let elapsed = t.elapsed();
+    let e = &c.intrinsics;
+    let d = e.distortion().unwrap().coefficients();
+    println!(
+        "fx {:.3} fy {:.3} cx {:.3} cy {:.3} k {:?} rms {:.4} px, {} iterations, {:?}",
+        e.fx(),
+        e.fy(),
+        e.cx(),
+        e.cy(),
+        d,
+        c.rms_px,
+        c.iterations,
+        elapsed
+    );
+    assert!((e.fx() / 1000.0 - 1.0).abs() < 0.002 && (e.fy() / 1002.0 - 1.0).abs() < 0.002);
+    assert!((e.cx() - 641.3).abs() < 1.0 && (e.cy() - 358.9).abs() < 1.0);
+    assert!((d[0] + 0.28).abs() < 0.01 && (d[1] - 0.07).abs() < 0.03);
+    // With 0.1 px noise per coordinate the RMS error is ~0.1 * sqrt(2) * sqrt(1 - P / 2N).
+    assert!(c.rms_px > 0.1 && c.rms_px < 0.15, "{}", c.rms_px);
+    assert!(c.outlier_views.is_empty());
+    assert!(c.std_dev.fx > 0.0 && c.std_dev.fx < 2.0, "{:?}", c.std_dev);
+}

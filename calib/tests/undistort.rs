@@ -1,0 +1,78 @@
+//! Undistortion: the remap of a distorted frame equals the frame an ideal camera would have taken.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed expectation is a failed test
+
+use monovlm_calib::synth::{Degradation, ViewRenderer, look_at_board};
+use monovlm_calib::undistort::{NewCamera, UndistortMap, new_camera};
+use monovlm_calib::{Checkerboard, Distortion, Intrinsics, Point2};
+
+fn lens() -> Intrinsics {
+    Intrinsics::new(500.0, 501.0, 321.0, 239.0, 640, 480)
+        .unwrap()
+        .with_distortion(Distortion::new(-0.28, 0.07, 0.0008, -0.0005, 0.0).unwrap())
+}
+
+#[test]
+fn remapped_frame_matches_an_ideal_camera_rendering() {
+    let board = Checkerboard::new(9, 6, 0.04).unwrap();
+    let pose = look_at_board(&board, 0.5, 0.3, -0.2, 0.25, (0.0, 0.0)).unwrap();
+    let sharp = Degradation { blur_sigma_px: 0.0, noise_sigma: 0.0, seed: 0 };
+    let k = lens();
+    let distorted = ViewRenderer::new(&k, 3).unwrap().render(&board, &pose, &sharp);
+    let ideal_cam = new_camera(&k, NewCamera::CropValid).unwrap();
+    let expected = ViewRenderer::new(&ideal_cam, 3).unwrap().render(&board, &pose, &sharp);
+    let map = UndistortMap::new(&k, &ideal_cam).unwrap();
+    let got = map.remap_gray(&distorted).unwrap();
+    let diff: Vec<f64> = got
+        .as_raw()
+        .iter()
+        .zip(expected.as_raw())
+        .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
+        .collect();
+    let mean = diff.iter().sum::<f64>() / diff.len() as f64;
+    // Resampling blurs edges a little; a wrong map direction or camera gives tens of grey levels.
+    assert!(mean < 3.0, "mean absolute difference {mean} grey levels");
+    // A wrong camera (no distortion correction) is far off, so the test can fail.
+    let naive =
+        UndistortMap::new(&Intrinsics::new(500.0, 501.0, 321.0, 239.0, 640, 480).unwrap(), &ideal_cam)
+            .unwrap()
+            .remap_gray(&distorted)
+            .unwrap();
+    let naive_mean = naive
+        .as_raw()
+        .iter()
+        .zip(expected.as_raw())
+        .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
+        .sum::<f64>()
+        / diff.len() as f64;
+    assert!(naive_mean > 3.0 * mean, "{naive_mean} vs {mean}");
+}
+
+#[test]
+fn crop_valid_leaves_no_empty_pixel_and_keep_all_loses_no_source_pixel() {
+    let k = lens();
+    let crop = new_camera(&k, NewCamera::CropValid).unwrap();
+    let white = image::GrayImage::from_pixel(640, 480, image::Luma([255]));
+    let out = UndistortMap::new(&k, &crop).unwrap().remap_gray(&white).unwrap();
+    let black = out.as_raw().iter().filter(|p| **p == 0).count();
+    assert_eq!(black, 0, "{black} pixels without a source");
+
+    let all = new_camera(&k, NewCamera::KeepAll).unwrap();
+    for (u, v) in [(0.0, 0.0), (639.0, 0.0), (0.0, 479.0), (639.0, 479.0), (320.0, 0.0), (0.0, 240.0)] {
+        let ideal = k.undistort_pixel(&Point2::new(u, v)).unwrap();
+        let x = (ideal.x - k.cx()) / k.fx();
+        let y = (ideal.y - k.cy()) / k.fy();
+        let p = Point2::new(all.fx() * x + all.cx(), all.fy() * y + all.cy());
+        assert!(p.x > -0.5 && p.y > -0.5 && p.x < 639.5 && p.y < 479.5, "source ({u}, {v}) lands at {p}");
+    }
+    // Barrel distortion pushes the undistorted outline outwards: both policies zoom out, keeping
+    // everything more than cropping to valid pixels.
+    assert!(all.fx() < crop.fx() && crop.fx() < k.fx(), "{} {} {}", all.fx(), crop.fx(), k.fx());
+}
+
+#[test]
+fn wrong_frame_size_is_an_error() {
+    let k = lens();
+    let map = UndistortMap::new(&k, &new_camera(&k, NewCamera::Same).unwrap()).unwrap();
+    let err = map.remap_rgb(&image::RgbImage::new(320, 240)).unwrap_err();
+    assert!(err.to_string().contains("320x240"), "{err}");
+}
