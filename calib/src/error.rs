@@ -73,13 +73,25 @@ pub enum Error {
         /// What was wrong, naming the field and what was expected.
         message: String,
     },
-    /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
         source: std::io::Error,
+    },
+
+    // --- calibration files ---
+    /// A camera-intrinsics file (OpenCV, ROS or KITTI) is malformed or holds an unsupported model.
+    #[error("{source_name}: {field}: expected {expected}")]
+    Format {
+        /// File name (or `<string>` for in-memory text).
+        source_name: String,
+        /// The offending field, with its line where known, e.g. `camera_matrix.data[4] (line 15)`.
+        field: String,
+        /// What was expected there, and what was found.
+        expected: String,
     },
 }
 

@@ -21,6 +21,7 @@ mod box3d;
 pub mod calibrate;
 mod camera;
 mod error;
+pub mod formats;
 mod iou3d;
 pub mod kitti;
 pub mod synth;
