@@ -17,9 +17,9 @@ pub const BOARD_WHITE: u8 = 235;
 ///
 /// Board frame: origin at inner corner 0, x along the `cols` axis, y along the `rows` axis, z into
 /// the board (right-handed). Inner corner `(c, r)` is at `(c s, r s, 0)`; corners are numbered
-/// row-major, `i = r * cols + c`. The square diagonally outside corner 0 (spanning `[-s, 0]^2`) is
-/// dark, which, for boards whose `cols` and `rows` differ in parity, fixes the numbering under a
-/// half turn of the board.
+/// row-major, `i = r * cols + c`. The first square (spanning `[0, s]^2`, between corners 0, 1,
+/// `cols` and `cols + 1`) is dark, which, for boards whose `cols` and `rows` differ in parity, fixes
+/// the numbering under a half turn of the board.
 ///
 /// Invariants: `cols, rows >= 2`, `square_m` finite and `> 0`.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -58,6 +58,9 @@ pub enum Error {
     /// A checkerboard description is invalid.
     #[error("invalid checkerboard: {0}")]
     InvalidBoard(String),
+    /// No checkerboard of the requested size was found in an image.
+    #[error("board not found: {0}")]
+    BoardNotFound(String),
     /// Calibration cannot run or did not converge.
     #[error("calibration failed: {0}")]
     Calibration(String),

@@ -20,6 +20,7 @@ mod box2d;
 mod box3d;
 pub mod calibrate;
 mod camera;
+pub mod chessboard;
 mod error;
 pub mod formats;
 mod iou3d;
