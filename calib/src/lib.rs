@@ -25,6 +25,7 @@ mod error;
 pub mod formats;
 mod iou3d;
 pub mod kitti;
+pub mod report;
 pub mod synth;
 pub mod undistort;
 

@@ -66,14 +66,15 @@ pub fn new_camera(k: &Intrinsics, policy: NewCamera) -> Result<Intrinsics> {
     Intrinsics::new(fx, fy, -fx * x0, -fy * y0, k.width(), k.height())?.with_offset_m(tx, ty)
 }
 
-/// Fractional bits of the bilinear weights.
-const WEIGHT_BITS: u32 = 8;
-const WEIGHT_ONE: u32 = 1 << WEIGHT_BITS;
+/// Bits of the bilinear weights: four weights summing to 128, so that a weighted sum of four 8-bit
+/// samples fits 16 bits (interpolation precision 1/128 of a grey level step, ample for 8-bit output).
+const WEIGHT_BITS: u32 = 7;
+const WEIGHT_ONE: u16 = 1 << WEIGHT_BITS;
 /// Marks a destination pixel with no source pixel (it stays black).
 const NO_SOURCE: u32 = u32::MAX;
 
 /// A precomputed map from a distorted camera's image to an undistorted camera's image: for each
-/// destination pixel, the top-left source pixel of its bilinear neighbourhood and 8-bit weights.
+/// destination pixel, the top-left source pixel of its bilinear neighbourhood and the four weights.
 pub struct UndistortMap {
     src_width: u32,
     src_height: u32,
@@ -81,8 +82,9 @@ pub struct UndistortMap {
     dst_height: u32,
     /// Source pixel index (`y * width + x`) of the top-left neighbour, or [`NO_SOURCE`].
     offsets: Vec<u32>,
-    /// Horizontal and vertical weights of the right / bottom neighbours, in `0..256`.
-    fractions: Vec<[u8; 2]>,
+    /// Weights of the top-left, top-right, bottom-left and bottom-right neighbours, summing to
+    /// `WEIGHT_ONE`.
+    weights: Vec<[u8; 4]>,
 }
 
 impl UndistortMap {
@@ -98,7 +100,7 @@ impl UndistortMap {
         }
         let (dw, dh) = (undistorted.width(), undistorted.height());
         let n = dw as usize * dh as usize;
-        let (mut offsets, mut fractions) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut offsets, mut weights) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for v in 0..dh {
             for u in 0..dw {
                 let x = (u as f64 - undistorted.cx()) / undistorted.fx();
@@ -113,17 +115,25 @@ impl UndistortMap {
                 let inside = sx >= -0.5 && sy >= -0.5 && sx <= sw as f64 - 0.5 && sy <= sh as f64 - 0.5;
                 if !inside {
                     offsets.push(NO_SOURCE);
-                    fractions.push([0, 0]);
+                    weights.push([0; 4]);
                     continue;
                 }
                 let (sx, sy) = (sx.clamp(0.0, (sw - 1) as f64), sy.clamp(0.0, (sh - 1) as f64));
                 let (x0, y0) = ((sx.floor() as u32).min(sw - 2), (sy.floor() as u32).min(sh - 2));
-                let frac = |s: f64, s0: u32| ((s - s0 as f64) * WEIGHT_ONE as f64).round().min(255.0) as u8;
+                let (ax, ay) = (sx - f64::from(x0), sy - f64::from(y0));
+                let one = f64::from(WEIGHT_ONE);
+                let mut w = [(1.0 - ax) * (1.0 - ay), ax * (1.0 - ay), (1.0 - ax) * ay, ax * ay]
+                    .map(|v| (v * one).round() as i32);
+                // Rounding may leave the sum one or two off WEIGHT_ONE; the largest weight absorbs it.
+                let residual = i32::from(WEIGHT_ONE) - w.iter().sum::<i32>();
+                let largest = (0..4).max_by_key(|&i| w[i]).unwrap_or(0);
+                w[largest] += residual;
+                let [w00, w01, w10, w11] = w.map(|v| v.clamp(0, i32::from(WEIGHT_ONE)) as u8);
                 offsets.push(y0 * sw + x0);
-                fractions.push([frac(sx, x0), frac(sy, y0)]);
+                weights.push([w00, w01, w10, w11]);
             }
         }
-        Ok(Self { src_width: sw, src_height: sh, dst_width: dw, dst_height: dh, offsets, fractions })
+        Ok(Self { src_width: sw, src_height: sh, dst_width: dw, dst_height: dh, offsets, weights })
     }
 
     /// Size of the images this map reads, `(width, height)`.
@@ -149,22 +159,25 @@ impl UndistortMap {
 
     fn remap<const C: usize>(&self, src: &[u8], dst: &mut [u8]) {
         let row = self.src_width as usize * C;
-        for ((out, &offset), &[fx, fy]) in dst.chunks_exact_mut(C).zip(&self.offsets).zip(&self.fractions) {
-            if offset == NO_SOURCE {
+        for ((out, &offset), &[w00, w01, w10, w11]) in
+            dst.chunks_exact_mut(C).zip(&self.offsets).zip(&self.weights)
+        {
+            let base = offset as usize * C;
+            // The two source pixels of each of the two rows; `None` only for NO_SOURCE (the map was
+            // built for this image size, so every other offset is in bounds).
+            let (Some(top), Some(bottom)) =
+                (src.get(base..base + 2 * C), src.get(base + row..base + row + 2 * C))
+            else {
                 out.fill(0);
                 continue;
-            }
-            let base = offset as usize * C;
-            let (fx, fy) = (u32::from(fx), u32::from(fy));
-            let (w00, w01) = ((WEIGHT_ONE - fx) * (WEIGHT_ONE - fy), fx * (WEIGHT_ONE - fy));
-            let (w10, w11) = ((WEIGHT_ONE - fx) * fy, fx * fy);
-            for (c, o) in out.iter_mut().enumerate() {
-                let i = base + c;
-                let sum = w00 * u32::from(src[i])
-                    + w01 * u32::from(src[i + C])
-                    + w10 * u32::from(src[i + row])
-                    + w11 * u32::from(src[i + row + C]);
-                *o = ((sum + (1 << (2 * WEIGHT_BITS - 1))) >> (2 * WEIGHT_BITS)) as u8;
+            };
+            let [w00, w01, w10, w11] = [w00, w01, w10, w11].map(u16::from);
+            for c in 0..C {
+                let sum = w00 * u16::from(top[c])
+                    + w01 * u16::from(top[C + c])
+                    + w10 * u16::from(bottom[c])
+                    + w11 * u16::from(bottom[C + c]);
+                out[c] = ((sum + (WEIGHT_ONE >> 1)) >> WEIGHT_BITS) as u8;
             }
         }
     }

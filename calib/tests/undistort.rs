@@ -76,3 +76,18 @@ fn wrong_frame_size_is_an_error() {
     let err = map.remap_rgb(&image::RgbImage::new(320, 240)).unwrap_err();
     assert!(err.to_string().contains("320x240"), "{err}");
 }
+
+#[test]
+fn interpolation_weights_preserve_flat_images_everywhere() {
+    // A uniform image must stay uniform wherever the source positions fall (weights sum to one),
+    // including positions a hair from the next pixel, where rounding is tightest.
+    let k = Intrinsics::new(500.0, 501.0, 321.0, 239.0, 640, 480)
+        .unwrap()
+        .with_distortion(Distortion::new(-0.2, 0.05, 0.0, 0.0, 0.0).unwrap());
+    for policy in [NewCamera::Same, NewCamera::CropValid] {
+        let map = UndistortMap::new(&k, &new_camera(&k, policy).unwrap()).unwrap();
+        let flat = image::RgbImage::from_pixel(640, 480, image::Rgb([200, 17, 255]));
+        let out = map.remap_rgb(&flat).unwrap();
+        assert!(out.pixels().all(|p| p.0 == [200, 17, 255] || p.0 == [0, 0, 0]));
+    }
+}
