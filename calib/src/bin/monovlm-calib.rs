@@ -1,6 +1,7 @@
 //! `monovlm-calib`: calibrate a camera from checkerboard images, convert and show calibration files,
 //! undistort images, print boards.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -14,6 +15,11 @@ use monovlm_calib::report::{ReportView, render};
 use monovlm_calib::synth::{Degradation, ViewRenderer, look_at_board, true_corners};
 use monovlm_calib::undistort::{NewCamera, UndistortMap, new_camera};
 use monovlm_calib::{Checkerboard, Distortion, Intrinsics};
+
+/// `println!` that returns an error (e.g. a closed pipe: `monovlm-calib ... | head`) instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => { writeln!(std::io::stdout(), $($arg)*)? };
+}
 
 #[derive(Parser)]
 #[command(version, about = "Camera calibration for monovlm-edge (checkerboard, OpenCV / ROS / KITTI files)")]
@@ -202,9 +208,9 @@ fn main() -> anyhow::Result<()> {
             }
             let (k, format) = read_intrinsics(&file, &opts)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&k)?);
+                say!("{}", serde_json::to_string_pretty(&k)?);
             } else {
-                show(&k, format);
+                show(&k, format)?;
             }
             Ok(())
         }
@@ -306,11 +312,11 @@ fn run_calibrate(
             Ok(img) => {
                 let corners = detect(&img, board);
                 if let Err(e) = &corners {
-                    bar.println(format!("  {}: {e}", file.display()));
+                    bar.suspend(|| eprintln!("  {}: {e}", file.display()));
                 }
                 loaded.push((file.clone(), img, corners.ok().map(|d| d.corners)));
             }
-            Err(e) => bar.println(format!("  {}: skipped, {e}", file.display())),
+            Err(e) => bar.suspend(|| eprintln!("  {}: skipped, {e}", file.display())),
         }
         bar.inc(1);
     }
@@ -328,7 +334,7 @@ fn run_calibrate(
     let t_cal = Instant::now();
     let c = calibrate(board, &views, width, height, options)?;
     let cal_ms = t_cal.elapsed().as_secs_f64() * 1e3;
-    println!(
+    say!(
         "RMS reprojection error {:.4} px over {} views ({cal_ms:.1} ms, {} iterations)",
         c.rms_px,
         views.len(),
@@ -336,18 +342,18 @@ fn run_calibrate(
     );
     for (j, &i) in good.iter().enumerate() {
         let flag = if c.outlier_views.contains(&j) { "  <- outlier: check this view" } else { "" };
-        println!("  {:<40} {:.4} px{flag}", loaded[i].0.display(), c.view_rms_px[j]);
+        say!("  {:<40} {:.4} px{flag}", loaded[i].0.display(), c.view_rms_px[j]);
     }
     let k = &c.intrinsics;
     let s = &c.std_dev;
-    println!("fx {:.3} +- {:.3}  fy {:.3} +- {:.3}", k.fx(), s.fx, k.fy(), s.fy);
-    println!("cx {:.3} +- {:.3}  cy {:.3} +- {:.3}", k.cx(), s.cx, k.cy(), s.cy);
+    say!("fx {:.3} +- {:.3}  fy {:.3} +- {:.3}", k.fx(), s.fx, k.fy(), s.fy);
+    say!("cx {:.3} +- {:.3}  cy {:.3} +- {:.3}", k.cx(), s.cx, k.cy(), s.cy);
     let d = k.distortion().map_or([0.0; 5], Distortion::coefficients);
     for (i, name) in ["k1", "k2", "p1", "p2", "k3"].iter().enumerate() {
-        println!("{name} {:+.6} +- {:.6}", d[i], s.distortion[i]);
+        say!("{name} {:+.6} +- {:.6}", d[i], s.distortion[i]);
     }
     write_intrinsics(out, k, format, camera_name)?;
-    println!("wrote {} ({format})", out.display());
+    say!("wrote {} ({format})", out.display());
     if let Some(path) = report {
         let mut per_view = good.iter().enumerate();
         let views: Vec<ReportView<'_>> = loaded
@@ -368,27 +374,28 @@ fn run_calibrate(
             })
             .collect();
         render(&views, 4).save(path).with_context(|| format!("writing {}", path.display()))?;
-        println!("report: {} (residuals drawn x{})", path.display(), monovlm_calib::report::RESIDUAL_SCALE);
+        say!("report: {} (residuals drawn x{})", path.display(), monovlm_calib::report::RESIDUAL_SCALE);
     }
     Ok(())
 }
 
-fn show(k: &Intrinsics, format: CalibFormat) {
-    println!("format      {format}");
-    println!("image       {}x{}", k.width(), k.height());
-    println!("fx fy       {:.4} {:.4}", k.fx(), k.fy());
-    println!("cx cy       {:.4} {:.4}", k.cx(), k.cy());
+fn show(k: &Intrinsics, format: CalibFormat) -> anyhow::Result<()> {
+    say!("format      {format}");
+    say!("image       {}x{}", k.width(), k.height());
+    say!("fx fy       {:.4} {:.4}", k.fx(), k.fy());
+    say!("cx cy       {:.4} {:.4}", k.cx(), k.cy());
     let hfov = 2.0 * (f64::from(k.width()) / (2.0 * k.fx())).atan().to_degrees();
     let vfov = 2.0 * (f64::from(k.height()) / (2.0 * k.fy())).atan().to_degrees();
-    println!("field       {hfov:.1} x {vfov:.1} degrees (pinhole)");
+    say!("field       {hfov:.1} x {vfov:.1} degrees (pinhole)");
     match k.distortion() {
-        Some(d) => println!("distortion  plumb_bob {:?}", d.coefficients()),
-        None => println!("distortion  none"),
+        Some(d) => say!("distortion  plumb_bob {:?}", d.coefficients()),
+        None => say!("distortion  none"),
     }
     let (tx, ty) = k.offset_m();
     if tx != 0.0 || ty != 0.0 {
-        println!("offset      tx {tx:.6} m  ty {ty:.6} m");
+        say!("offset      tx {tx:.6} m  ty {ty:.6} m");
     }
+    Ok(())
 }
 
 fn synth_views(out: &Path, n: usize, board: &Checkerboard, blur_px: f64, noise: f64) -> anyhow::Result<()> {
