@@ -15,8 +15,9 @@
 //!    nearest the image's top-left). That square is inside the grid, so this works even when the
 //!    board's outer squares leave the image.
 //! 4. **Sub-pixel**: each corner `q` is moved to where the image gradients around it are
-//!    orthogonal to `p - q` (the least-squares condition OpenCV's `cornerSubPix` solves),
-//!    iterated to 0.001 px.
+//!    orthogonal to `p - q` (the least-squares condition OpenCV's `cornerSubPix` solves), over a
+//!    window resampled around `q` (half size up to 11 px, 40% of the distance to the nearest
+//!    corner), iterated to 0.001 px.
 
 use image::GrayImage;
 use nalgebra::{Matrix2, Point2, Vector2};
@@ -38,8 +39,13 @@ const RING_SAMPLES: usize = 24;
 const SNAP_FRACTION: f64 = 0.35;
 /// Seeds tried before giving up.
 const MAX_SEEDS: usize = 40;
-/// Half size of the sub-pixel window, pixels (OpenCV's usual 11x11 window).
-const SUBPIX_HALF_WINDOW: i32 = 5;
+/// Largest half size of the sub-pixel window, pixels (OpenCV's usual `winSize = 11`, a 23x23 window).
+const SUBPIX_MAX_HALF_WINDOW: i32 = 11;
+/// Smallest half size, for small boards.
+const SUBPIX_MIN_HALF_WINDOW: i32 = 2;
+/// The window's half size is at most this fraction of the distance to the nearest other corner, so
+/// that it never reaches a neighbouring corner.
+const SUBPIX_WINDOW_FRACTION: f64 = 0.4;
 
 /// What detection found: the inner corners in the board's row-major order, pixels.
 #[derive(Clone, Debug)]
@@ -78,7 +84,19 @@ pub fn detect(img: &GrayImage, board: &Checkerboard) -> Result<Detection> {
         let (a, b) = lattice.dims();
         if (a, b) == (board.cols(), board.rows()) || (a, b) == (board.rows(), board.cols()) {
             let corners = number(&lattice, board, &smooth, w, h)?;
-            let corners = corners.iter().map(|p| refine(&raw, w, h, *p)).collect();
+            let corners = corners
+                .iter()
+                .map(|p| {
+                    let spacing = corners
+                        .iter()
+                        .map(|o| (o - p).norm())
+                        .filter(|d| *d > 0.0)
+                        .fold(f64::INFINITY, f64::min);
+                    let half = ((SUBPIX_WINDOW_FRACTION * spacing) as i32)
+                        .clamp(SUBPIX_MIN_HALF_WINDOW, SUBPIX_MAX_HALF_WINDOW);
+                    refine(&raw, w, h, *p, half)
+                })
+                .collect();
             return Ok(Detection { corners, candidates: candidates.len() });
         }
         if best.as_ref().is_none_or(|b| lattice.cells.len() > b.cells.len()) {
@@ -95,7 +113,8 @@ pub fn detect(img: &GrayImage, board: &Checkerboard) -> Result<Detection> {
     )))
 }
 
-/// Separable Gaussian blur, borders clamped.
+/// Separable Gaussian blur, borders clamped (each row is padded once, so the inner loops are plain
+/// dot products the compiler vectorises).
 fn blur(src: &[f32], w: usize, h: usize, sigma: f32) -> Vec<f32> {
     let radius = (3.0 * sigma).ceil() as usize;
     let kernel: Vec<f32> = (0..=2 * radius)
@@ -107,23 +126,23 @@ fn blur(src: &[f32], w: usize, h: usize, sigma: f32) -> Vec<f32> {
     let norm: f32 = kernel.iter().sum();
     let kernel: Vec<f32> = kernel.iter().map(|k| k / norm).collect();
     let mut tmp = vec![0f32; src.len()];
-    for y in 0..h {
-        let row = &src[y * w..(y + 1) * w];
-        for x in 0..w {
-            let mut acc = 0.0;
-            for (k, wk) in kernel.iter().enumerate() {
-                let xi = (x + k).saturating_sub(radius).min(w - 1);
-                acc += wk * row[xi];
+    let mut padded = vec![0f32; w + 2 * radius];
+    for (row, out) in src.chunks_exact(w).zip(tmp.chunks_exact_mut(w)) {
+        padded[..radius].fill(row[0]);
+        padded[radius..radius + w].copy_from_slice(row);
+        padded[radius + w..].fill(row[w - 1]);
+        // Taps outer, pixels inner: element-wise multiply-adds (vectorised), not reductions.
+        for (k, wk) in kernel.iter().enumerate() {
+            for (o, p) in out.iter_mut().zip(&padded[k..k + w]) {
+                *o += wk * p;
             }
-            tmp[y * w + x] = acc;
         }
     }
     let mut out = vec![0f32; src.len()];
-    for y in 0..h {
+    for (y, dst) in out.chunks_exact_mut(w).enumerate() {
         for (k, wk) in kernel.iter().enumerate() {
             let yi = (y + k).saturating_sub(radius).min(h - 1);
-            let (dst, srow) = (&mut out[y * w..(y + 1) * w], &tmp[yi * w..(yi + 1) * w]);
-            for (d, s) in dst.iter_mut().zip(srow) {
+            for (d, s) in dst.iter_mut().zip(&tmp[yi * w..(yi + 1) * w]) {
                 *d += wk * s;
             }
         }
@@ -370,38 +389,52 @@ fn number(l: &Lattice, board: &Checkerboard, img: &[f32], w: usize, h: usize) ->
 }
 
 /// Sub-pixel corner: the point `q` where the gradients `g` around it satisfy `g . (p - q) = 0` in
-/// the least-squares sense (Gaussian-weighted window), iterated.
-fn refine(img: &[f32], w: usize, h: usize, start: Point2<f64>) -> Point2<f64> {
+/// the least-squares sense, iterated. The window is resampled (bilinearly) centred exactly on the
+/// current estimate, so it is symmetric about `q` at every iteration, and Gaussian-weighted.
+fn refine(img: &[f32], w: usize, h: usize, start: Point2<f64>, half: i32) -> Point2<f64> {
+    // Samples span one pixel beyond the window on each side for the central differences.
+    let side = (2 * half + 3) as usize;
+    // OpenCV's weighting: exp(-r^2 / half^2).
+    let sigma2 = f64::from(half * half) / 2.0;
+    let n = (2 * half + 1) as usize;
+    let weights: Vec<f64> = (0..n * n)
+        .map(|k| {
+            let (dx, dy) = ((k % n) as i32 - half, (k / n) as i32 - half);
+            (-f64::from(dx * dx + dy * dy) / (2.0 * sigma2)).exp()
+        })
+        .collect();
+    let mut patch = vec![0f32; side * side];
     let mut q = start;
     for _ in 0..40 {
-        let (cx, cy) = (q.x.round() as i32, q.y.round() as i32);
+        for (k, v) in patch.iter_mut().enumerate() {
+            let (dx, dy) = ((k % side) as i32 - half - 1, (k / side) as i32 - half - 1);
+            let Some(s) = sample(img, w, h, (q.x + f64::from(dx)) as f32, (q.y + f64::from(dy)) as f32)
+            else {
+                return q; // too close to the border to refine further
+            };
+            *v = s;
+        }
         let mut a = Matrix2::<f64>::zeros();
         let mut b = Vector2::<f64>::zeros();
-        for dy in -SUBPIX_HALF_WINDOW..=SUBPIX_HALF_WINDOW {
-            for dx in -SUBPIX_HALF_WINDOW..=SUBPIX_HALF_WINDOW {
-                let (x, y) = (cx + dx, cy + dy);
-                if x < 1 || y < 1 || x >= w as i32 - 1 || y >= h as i32 - 1 {
-                    continue;
-                }
-                let i = y as usize * w + x as usize;
-                let gx = f64::from(img[i + 1] - img[i - 1]) * 0.5;
-                let gy = f64::from(img[i + w] - img[i - w]) * 0.5;
-                let p = Vector2::new(f64::from(x), f64::from(y));
-                let r2 = (p - q.coords).norm_squared();
-                let wgt = (-r2 / (2.0 * (SUBPIX_HALF_WINDOW as f64 * 0.5).powi(2))).exp();
+        for dy in -half..=half {
+            for dx in -half..=half {
+                let i = (dy + half + 1) as usize * side + (dx + half + 1) as usize;
+                let gx = f64::from(patch[i + 1] - patch[i - 1]) * 0.5;
+                let gy = f64::from(patch[i + side] - patch[i - side]) * 0.5;
+                let wgt = weights[(dy + half) as usize * n + (dx + half) as usize];
                 let ggt = Matrix2::new(gx * gx, gx * gy, gx * gy, gy * gy) * wgt;
                 a += ggt;
-                b += ggt * p;
+                b += ggt * Vector2::new(f64::from(dx), f64::from(dy));
             }
         }
-        let Some(next) = a.try_inverse().map(|inv| inv * b) else { break };
-        let moved = (next - q.coords).norm();
-        // A step far from the start means the window lost the corner: keep the last estimate.
-        if !next.iter().all(|v| v.is_finite()) || (next - start.coords).norm() > SUBPIX_HALF_WINDOW as f64 {
-            break;
+        // Offset of the corner from q.
+        let Some(delta) = a.try_inverse().map(|inv| inv * b) else { break };
+        let next = q.coords + delta;
+        if !next.iter().all(|v| v.is_finite()) || (next - start.coords).norm() > f64::from(half) {
+            break; // the window lost the corner: keep the last estimate
         }
         q = Point2::from(next);
-        if moved < 1e-3 {
+        if delta.norm() < 1e-3 {
             break;
         }
     }
