@@ -25,8 +25,8 @@ pub struct CalibrationOptions {
     pub fix_k3: bool,
     /// Keep `p1 = p2 = 0` (`CALIB_ZERO_TANGENT_DIST`).
     pub zero_tangential: bool,
-    /// Keep `fx / fy` at its initial value (`CALIB_FIX_ASPECT_RATIO`).
-    pub fix_aspect_ratio: bool,
+    /// Keep `fx / fy` at this value (`CALIB_FIX_ASPECT_RATIO`; 1.0 for square pixels).
+    pub fix_aspect_ratio: Option<f64>,
     /// Keep the principal point at the image centre (`CALIB_FIX_PRINCIPAL_POINT`).
     pub fix_principal_point: bool,
     /// Levenberg-Marquardt iteration limit.
@@ -39,7 +39,7 @@ impl Default for CalibrationOptions {
         Self {
             fix_k3: true,
             zero_tangential: false,
-            fix_aspect_ratio: false,
+            fix_aspect_ratio: None,
             fix_principal_point: false,
             max_iterations: 100,
         }
@@ -107,12 +107,12 @@ struct Free {
 }
 
 impl Free {
-    fn new(o: &CalibrationOptions, aspect: f64) -> Self {
+    fn new(o: &CalibrationOptions) -> Self {
         let pp = !o.fix_principal_point;
         let tan = !o.zero_tangential;
         Self {
-            intrinsic: [true, !o.fix_aspect_ratio, pp, pp, true, true, tan, tan, !o.fix_k3],
-            aspect: o.fix_aspect_ratio.then_some(aspect),
+            intrinsic: [true, o.fix_aspect_ratio.is_none(), pp, pp, true, true, tan, tan, !o.fix_k3],
+            aspect: o.fix_aspect_ratio,
         }
     }
     fn count(&self, views: usize) -> usize {
@@ -313,6 +313,9 @@ pub fn calibrate(
     height: u32,
     options: &CalibrationOptions,
 ) -> Result<Calibration> {
+    if let Some(a) = options.fix_aspect_ratio.filter(|a| !(a.is_finite() && *a > 0.0)) {
+        return Err(Error::Calibration(format!("aspect ratio {a} must be finite and > 0")));
+    }
     if views.len() < MIN_VIEWS {
         return Err(Error::Calibration(format!("{} view(s): at least {MIN_VIEWS} are needed", views.len())));
     }
@@ -353,7 +356,8 @@ pub fn calibrate(
         params.extend(pose.rotation.scaled_axis().iter());
         params.extend(pose.translation.vector.iter());
     }
-    let free = Free::new(options, params[0] / params[1]);
+    let free = Free::new(options);
+    free.tie_aspect(&mut params);
     let problem = Problem { object, views };
 
     // Levenberg-Marquardt with Marquardt's diagonal scaling.

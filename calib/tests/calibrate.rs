@@ -86,6 +86,64 @@ fn recovers_a_known_camera_from_noisy_corners() {
     assert!(c.std_dev.fx > 0.0 && c.std_dev.fx < 2.0, "{:?}", c.std_dev);
 }
 
+/// Exact corners of the 20 poses with `sigma_px` noise; view `bad` gets `bad_sigma_px` instead.
+fn noisy_views(
+    board: &Checkerboard,
+    k: &Intrinsics,
+    sigma_px: f64,
+    bad: Option<(usize, f64)>,
+) -> Vec<Vec<Point2<f64>>> {
+    poses(board)
+        .iter()
+        .enumerate()
+        .map(|(v, pose)| {
+            let s = bad.filter(|(b, _)| *b == v).map_or(sigma_px, |(_, s)| s);
+            let n = noise(v as u64 + 100, 2 * board.len(), s);
+            true_corners(board, k, pose)
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| Point2::new(p.unwrap().x + n[2 * i], p.unwrap().y + n[2 * i + 1]))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn options_hold_their_parameters_fixed() {
+    let board = Checkerboard::new(9, 6, 0.04).unwrap();
+    let k = truth();
+    let views = noisy_views(&board, &k, 0.05, None);
+    let opts = CalibrationOptions {
+        fix_principal_point: true,
+        zero_tangential: true,
+        fix_aspect_ratio: Some(1000.0 / 1002.0),
+        ..CalibrationOptions::default()
+    };
+    let c = calibrate(&board, &views, 1280, 720, &opts).unwrap();
+    let e = &c.intrinsics;
+    assert_eq!((e.cx(), e.cy()), (639.5, 359.5), "principal point fixed at the image centre");
+    let d = e.distortion().unwrap().coefficients();
+    assert_eq!((d[2], d[3], d[4]), (0.0, 0.0, 0.0), "p1 p2 k3 stay zero");
+    assert_eq!((c.std_dev.cx, c.std_dev.distortion[2]), (0.0, 0.0), "fixed parameters have no spread");
+    assert!((e.fx() / e.fy() - 1000.0 / 1002.0).abs() < 1e-12, "fx/fy {}", e.fx() / e.fy());
+    // Fixing true-ish parameters wrongly costs accuracy, visibly in the RMS error.
+    assert!(c.rms_px > 0.08, "{}", c.rms_px);
+
+    let free_k3 = CalibrationOptions { fix_k3: false, ..CalibrationOptions::default() };
+    let c = calibrate(&board, &views, 1280, 720, &free_k3).unwrap();
+    assert_ne!(c.intrinsics.distortion().unwrap().coefficients()[4], 0.0, "k3 estimated");
+    assert!(c.rms_px < 0.08);
+}
+
+#[test]
+fn a_bad_view_is_flagged_as_an_outlier() {
+    let board = Checkerboard::new(9, 6, 0.04).unwrap();
+    let views = noisy_views(&board, &truth(), 0.05, Some((7, 1.5)));
+    let c = calibrate(&board, &views, 1280, 720, &CalibrationOptions::default()).unwrap();
+    assert_eq!(c.outlier_views, vec![7], "view errors {:?}", c.view_rms_px);
+    assert!(c.view_rms_px[7] > 1.0);
+}
+
 mod rendered {
     //! End to end on rendered images: detection, then calibration (the calibration issue's
     //! acceptance test: 20 views, 1280x720, 9x6 board, blur and noise).

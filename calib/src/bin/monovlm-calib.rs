@@ -56,9 +56,9 @@ enum Command {
         /// Keep p1 = p2 = 0.
         #[arg(long)]
         zero_tangential: bool,
-        /// Keep fx / fy at its initial value.
-        #[arg(long)]
-        fix_aspect_ratio: bool,
+        /// Keep fx / fy fixed at RATIO (1.0, square pixels, when given without a value).
+        #[arg(long, value_name = "RATIO", num_args = 0..=1, default_missing_value = "1.0")]
+        fix_aspect_ratio: Option<f64>,
         /// Keep the principal point at the image centre.
         #[arg(long)]
         fix_principal_point: bool,
