@@ -7,24 +7,13 @@ use std::f64::consts::PI;
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use monovlm_calib::synth::SplitMix64;
 use monovlm_calib::{Box2d, Box3d, iou_2d, iou_3d, iou3d_mono3dvg};
 
 const PAIRS: usize = 4096;
 
-/// SplitMix64 in [lo, hi).
-struct Rng(u64);
-impl Rng {
-    fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        lo + (hi - lo) * (((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64)
-    }
-}
-
 fn pairs() -> Vec<(Box3d, Box3d)> {
-    let mut r = Rng(7);
+    let mut r = SplitMix64::new(7);
     (0..PAIRS)
         .filter_map(|_| {
             let a = Box3d::new(

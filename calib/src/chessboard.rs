@@ -115,7 +115,7 @@ pub fn detect(img: &GrayImage, board: &Checkerboard) -> Result<Detection> {
 
 /// Separable Gaussian blur, borders clamped (each row is padded once, so the inner loops are plain
 /// dot products the compiler vectorises).
-fn blur(src: &[f32], w: usize, h: usize, sigma: f32) -> Vec<f32> {
+pub(crate) fn blur(src: &[f32], w: usize, h: usize, sigma: f32) -> Vec<f32> {
     let radius = (3.0 * sigma).ceil() as usize;
     let kernel: Vec<f32> = (0..=2 * radius)
         .map(|i| {

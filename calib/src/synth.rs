@@ -111,11 +111,11 @@ impl ViewRenderer {
             *out = acc / (ss * ss) as f32;
         }
         if degradation.blur_sigma_px > 0.0 {
-            gaussian_blur(&mut img, w, h, degradation.blur_sigma_px as f32);
+            img = crate::chessboard::blur(&img, w, h, degradation.blur_sigma_px as f32);
         }
-        let mut noise = Gaussian::new(degradation.seed);
+        let mut noise = SplitMix64::new(degradation.seed);
         GrayImage::from_fn(w as u32, h as u32, |u, v| {
-            let value = img[v as usize * w + u as usize] + (degradation.noise_sigma * noise.sample()) as f32;
+            let value = img[v as usize * w + u as usize] + (degradation.noise_sigma * noise.normal()) as f32;
             image::Luma([value.round().clamp(0.0, 255.0) as u8])
         })
     }
@@ -159,50 +159,33 @@ pub fn look_at_board(
     Ok(Isometry3::from_parts(translation.into(), rot))
 }
 
-/// Separable Gaussian blur in place (borders clamped).
-fn gaussian_blur(img: &mut [f32], w: usize, h: usize, sigma: f32) {
-    let radius = (3.0 * sigma).ceil() as isize;
-    let kernel: Vec<f32> =
-        (-radius..=radius).map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp()).collect();
-    let norm: f32 = kernel.iter().sum();
-    let kernel: Vec<f32> = kernel.iter().map(|k| k / norm).collect();
-    let mut tmp = vec![0f32; img.len()];
-    let clamp = |i: isize, n: usize| i.clamp(0, n as isize - 1) as usize;
-    for v in 0..h {
-        for u in 0..w {
-            tmp[v * w + u] = kernel
-                .iter()
-                .enumerate()
-                .map(|(k, wgt)| wgt * img[v * w + clamp(u as isize + k as isize - radius, w)])
-                .sum();
-        }
-    }
-    for v in 0..h {
-        for u in 0..w {
-            img[v * w + u] = kernel
-                .iter()
-                .enumerate()
-                .map(|(k, wgt)| wgt * tmp[clamp(v as isize + k as isize - radius, h) * w + u])
-                .sum();
-        }
-    }
-}
+/// A small deterministic random generator (SplitMix64) for synthetic data, tests and benchmarks:
+/// the same seed gives the same sequence on every platform.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(u64);
 
-/// Standard normal samples (SplitMix64 + Box-Muller), deterministic for a seed.
-struct Gaussian(u64);
-
-impl Gaussian {
-    fn new(seed: u64) -> Self {
+impl SplitMix64 {
+    /// A generator started from `seed`.
+    pub fn new(seed: u64) -> Self {
         Self(seed ^ 0x5DEE_CE66_D1CE_4E5B)
     }
-    fn unit(&mut self) -> f64 {
+
+    /// Uniform in `(0, 1)` (never exactly 0, so `ln` is safe).
+    pub fn unit(&mut self) -> f64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         (((z ^ (z >> 31)) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
     }
-    fn sample(&mut self) -> f64 {
+
+    /// Uniform in `[lo, hi)`.
+    pub fn range(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.unit()
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
         let (a, b) = (self.unit(), self.unit());
         (-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()
     }

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed expectation is a failed test
 
 use monovlm_calib::calibrate::{CalibrationOptions, calibrate};
-use monovlm_calib::synth::{look_at_board, true_corners};
+use monovlm_calib::synth::{SplitMix64, look_at_board, true_corners};
 use monovlm_calib::{Checkerboard, Distortion, Intrinsics, Point2};
 
 /// The camera of the foundation issue's acceptance test: 1280x720, a mild barrel lens.
@@ -31,14 +31,10 @@ pub fn poses(board: &Checkerboard) -> Vec<nalgebra::Isometry3<f64>> {
         .collect()
 }
 
-/// Box-Muller noise from a fixed seed.
+/// `n` normal samples of deviation `sigma` from a fixed seed.
 fn noise(seed: u64, n: usize, sigma: f64) -> Vec<f64> {
-    let mut s = seed;
-    let mut unit = || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
-    (0..n).map(|_| sigma * (-2.0 * unit().ln()).sqrt() * (std::f64::consts::TAU * unit()).cos()).collect()
+    let mut rng = SplitMix64::new(seed);
+    (0..n).map(|_| sigma * rng.normal()).collect()
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 use std::f64::consts::{FRAC_PI_2, FRAC_PI_4, PI};
 
+use monovlm_calib::synth::SplitMix64;
 use monovlm_calib::{Box2d, Box3d, iou_2d, iou_3d, iou3d_mono3dvg};
 use proptest::prelude::*;
 
@@ -34,18 +35,6 @@ fn pairs() -> impl Strategy<Value = (Box3d, Box3d)> {
         })
 }
 
-/// SplitMix64, a small deterministic generator for the Monte-Carlo estimate.
-struct SplitMix(u64);
-impl SplitMix {
-    fn unit(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// Rotation about the camera y axis applied to a box-frame offset (l along x, h along y, w along z).
 fn rot_y(yaw: f64, v: [f64; 3]) -> [f64; 3] {
     let (s, c) = yaw.sin_cos();
@@ -59,7 +48,7 @@ fn inside(b: &Box3d, p: [f64; 3]) -> bool {
 
 /// IoU estimated by sampling points uniformly inside `a` and counting those inside `b`.
 fn monte_carlo_iou(a: &Box3d, b: &Box3d, seed: u64) -> f64 {
-    let mut rng = SplitMix(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut hits = 0usize;
     for _ in 0..MC_SAMPLES {
         let off =
