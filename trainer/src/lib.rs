@@ -4,3 +4,9 @@
 //! the Qwen2.5-VL model on libtorch (`tch`), SFT and the three-stage GRPO curriculum of MonoVLM
 //! (2D IoU reward, then 3D-centre reward, then the compound 3D reward). It writes Hugging Face
 //! checkpoints that the exporter reads; prompts and answer parsing come from `monovlm_runtime::protocol`.
+
+pub mod data;
+mod error;
+pub mod eval;
+
+pub use error::{Error, Result};

@@ -1,0 +1,270 @@
+//! `monovlm-train`: datasets and evaluation for MonoVLM (training arrives with the libtorch issue).
+//!
+//! A thin wrapper over `monovlm_trainer`: argument parsing, progress bars and printing.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use monovlm_trainer::data::mono3drefer::{Dataset, INSTANCE_SPLIT_FILE, Split, Strictness};
+use monovlm_trainer::eval::predictions::{PredictionSet, write_prediction_lines};
+use monovlm_trainer::eval::{baseline, evaluate, report};
+
+/// Prints a line to stdout, returning the error (a closed pipe, say) instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => { writeln!(std::io::stdout(), $($arg)*)? };
+}
+
+/// MonoVLM trainer: datasets and evaluation.
+#[derive(Debug, Parser)]
+#[command(name = "monovlm-train", version, about)]
+struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Score predictions (or the geometric baseline) on a split: JSON and Markdown reports, plots.
+    Eval(EvalArgs),
+    /// Dataset tools.
+    Data {
+        /// The dataset tool to run.
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+/// `monovlm-train data ...`.
+#[derive(Debug, Subcommand)]
+enum DataCommand {
+    /// Read a Mono3DRefer-layout dataset and its files; print counts and every problem.
+    Check(CheckArgs),
+    /// Generate a synthetic driving-scene dataset in the Mono3DRefer layout.
+    Synth(SynthArgs),
+}
+
+/// Arguments of `data synth`.
+#[derive(Debug, Args)]
+struct SynthArgs {
+    /// Output folder (created; files of the same names are overwritten).
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of images (frames with --sequence).
+    #[arg(long, default_value_t = 100)]
+    images: u32,
+    /// Random seed: the same seed gives byte-identical files, whatever the thread count.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// One world and a camera driving through it at 10 Hz (frames in order), instead of an
+    /// independent scene per image.
+    #[arg(long)]
+    sequence: bool,
+    /// Camera model: kitti (1242x375, KITTI P2), hd (1280x720) or vga (640x480).
+    #[arg(long, default_value = "kitti")]
+    camera: monovlm_trainer::data::synth::scene::CameraPreset,
+    /// Descriptions per object at most.
+    #[arg(long, default_value_t = 3)]
+    descriptions: usize,
+    /// Turn off the photometric augmentation (exposure, white balance, noise, blur).
+    #[arg(long)]
+    no_augment: bool,
+}
+
+/// Arguments of `data check`.
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// Dataset root (the folder holding Mono3DRefer.json, images/, calib/).
+    #[arg(long)]
+    data: PathBuf,
+    /// Exit with an error when anything is malformed (default: skip and report).
+    #[arg(long)]
+    strict: bool,
+    /// Only read the annotation and split files, not each image's PNG header and calibration.
+    #[arg(long)]
+    no_files: bool,
+}
+
+/// Arguments of `eval`.
+#[derive(Debug, Args)]
+struct EvalArgs {
+    /// Dataset root (the folder holding Mono3DRefer.json, images/, calib/).
+    #[arg(long)]
+    data: PathBuf,
+    /// The split to score: train, val or test.
+    #[arg(long, default_value = "test")]
+    split: Split,
+    /// JSON-lines predictions, one per sample: {"instance_id", "ann_id", "bbox_3d": [x, y, z, l, w, h,
+    /// yaw], "bbox_2d": [x1, y1, x2, y2]} or {"instance_id", "ann_id", "text": "<answer>...</answer>"}.
+    #[arg(long, required_unless_present = "baseline", conflicts_with = "baseline")]
+    predictions: Option<PathBuf>,
+    /// Score the geometric baseline (ground-truth 2D box, class-mean size, ground-plane depth)
+    /// instead; its predictions are written to OUT/baseline_predictions.jsonl first.
+    #[arg(long)]
+    baseline: bool,
+    /// The split the baseline fits its camera height and class-mean sizes on.
+    #[arg(long, default_value = "train")]
+    fit_split: Split,
+    /// Output folder: report.json, report.md, samples.jsonl, accuracy_per_category.png,
+    /// depth_error_vs_distance.png.
+    #[arg(long)]
+    out: PathBuf,
+    /// Refuse a dataset with malformed records (default: skip and report them).
+    #[arg(long)]
+    strict: bool,
+}
+
+/// A progress bar of `len` steps, drawn only on a terminal.
+fn progress(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    if let Ok(style) = ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} ({eta})") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_owned());
+    bar
+}
+
+fn strictness(strict: bool) -> Strictness {
+    if strict { Strictness::Strict } else { Strictness::Lenient }
+}
+
+fn load(data: &Path, strict: bool) -> Result<Dataset> {
+    Dataset::load(data, strictness(strict))
+        .with_context(|| format!("reading the dataset at {}", data.display()))
+}
+
+fn data_check(args: &CheckArgs) -> Result<()> {
+    let dataset = load(&args.data, args.strict)?;
+    let report = dataset.report();
+    say!("dataset {}", args.data.display());
+    say!(
+        "records: {} in file, {} loaded, {} whose image is in no split",
+        report.records_in_file,
+        report.records_loaded,
+        report.records_without_split
+    );
+    for split in Split::ALL {
+        let records = dataset.records(split);
+        let objects: std::collections::BTreeSet<u64> = records.iter().map(|r| r.instance_id).collect();
+        say!(
+            "  {split:<5}: {:>6} images, {:>6} objects, {:>6} descriptions",
+            dataset.images(split).len(),
+            objects.len(),
+            records.len()
+        );
+    }
+    say!(
+        "instance categories ({}): {}",
+        INSTANCE_SPLIT_FILE,
+        if report.instance_split_file { "read" } else { "absent (computed from the labels)" }
+    );
+    let mut problems = report.problems.clone();
+    if !args.no_files {
+        let images: usize = Split::ALL.iter().map(|&s| dataset.images(s).len()).sum();
+        let bar = progress(images, "files");
+        problems.extend(dataset.check_files(|| bar.inc(1)));
+        bar.finish_and_clear();
+    }
+    say!("problems: {}", problems.len());
+    for p in &problems {
+        say!("  {p}");
+    }
+    if args.strict && !problems.is_empty() {
+        anyhow::bail!("{} problem(s) found (--strict)", problems.len());
+    }
+    Ok(())
+}
+
+fn eval(args: &EvalArgs) -> Result<()> {
+    let dataset = load(&args.data, args.strict)?;
+    let skipped = dataset.report().problems.len();
+    if skipped > 0 {
+        eprintln!(
+            "warning: {skipped} malformed part(s) of the dataset skipped (see `monovlm-train data check`)"
+        );
+    }
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let (path, source) = match &args.predictions {
+        Some(path) => (path.clone(), path.display().to_string()),
+        None => {
+            let bar = progress(dataset.images(args.split).len(), "baseline");
+            let (fitted, lines, problems) =
+                baseline::run(&dataset, args.fit_split, args.split, || bar.inc(1));
+            bar.finish_and_clear();
+            for p in &problems {
+                eprintln!("warning: {p}");
+            }
+            say!(
+                "baseline: camera height {:.3} m ({}), class-mean sizes ({}), yaw {:.3} rad",
+                fitted.camera_height_m,
+                fitted.camera_height_from,
+                fitted.sizes_from,
+                fitted.yaw_rad
+            );
+            let path = args.out.join("baseline_predictions.jsonl");
+            write_prediction_lines(&path, &lines)?;
+            let fitted_path = args.out.join("baseline.json");
+            std::fs::write(&fitted_path, serde_json::to_string_pretty(&fitted)?)
+                .with_context(|| format!("writing {}", fitted_path.display()))?;
+            (path, "baseline".to_owned())
+        }
+    };
+    let predictions = PredictionSet::read(&path)?;
+    let bar = progress(dataset.records(args.split).len(), "scoring");
+    let evaluation = evaluate(&dataset, args.split, &predictions, &source, || bar.inc(1))?;
+    bar.finish_and_clear();
+    let files = report::write_outputs(&evaluation, &args.out)?;
+    write!(std::io::stdout(), "{}", evaluation.report.to_markdown())?;
+    say!(
+        "\nwrote {}, {}, {}, {}, {}",
+        files.json.display(),
+        files.markdown.display(),
+        files.samples.display(),
+        files.accuracy_plot.display(),
+        files.depth_plot.display()
+    );
+    Ok(())
+}
+
+fn data_synth(args: &SynthArgs) -> Result<()> {
+    use monovlm_trainer::data::synth::{SynthConfig, generate};
+    let cfg = SynthConfig {
+        images: args.images,
+        seed: args.seed,
+        camera: args.camera,
+        sequence: args.sequence,
+        augment: !args.no_augment,
+        descriptions_per_object: args.descriptions,
+    };
+    let bar = progress(args.images as usize, "synth");
+    let start = std::time::Instant::now();
+    let summary = generate(&cfg, &args.out, &|| bar.inc(1))
+        .with_context(|| format!("generating a synthetic dataset in {}", args.out.display()))?;
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    say!(
+        "wrote {} images ({:.1} images/s), {} labels, {} described objects, {} descriptions to {}",
+        summary.images,
+        f64::from(summary.images) / secs.max(1e-9),
+        summary.labels,
+        summary.described_objects,
+        summary.records,
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Eval(args) => eval(args),
+        Command::Data { command } => match command {
+            DataCommand::Check(args) => data_check(args),
+            DataCommand::Synth(args) => data_synth(args),
+        },
+    }
+}

@@ -1,0 +1,83 @@
+//! The error type of this crate: one enum, one section per module.
+
+use std::path::PathBuf;
+
+use crate::data::mono3drefer::Problem;
+
+/// Everything that can go wrong in `monovlm-trainer`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // --- files ---
+    /// A file or directory could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// A JSON file is not valid JSON or not of the expected shape.
+    #[error("{path}: {message}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+    /// An image could not be read, decoded or encoded.
+    #[error("{path}: {message}")]
+    Image {
+        /// The image file.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+
+    // --- datasets (data::mono3drefer) ---
+    /// A KITTI label written as a Python list literal (`label_2` of `Mono3DRefer.json`) is malformed.
+    #[error("label_2: {0}")]
+    Label2(String),
+    /// An image name is not a non-negative integer (the Mono3DVG code opens `'%06d.png' % int(name)`).
+    #[error("invalid image name {0:?}: expected decimal digits, e.g. \"000123\"")]
+    ImageName(String),
+    /// A split name is not `train`, `val` or `test`.
+    #[error("unknown split {0:?}: expected train, val or test")]
+    UnknownSplit(String),
+    /// A dataset was read in strict mode and has malformed parts; every problem is listed.
+    #[error("{} problem(s) in the dataset; first: {}", problems.len(), problems.first().map(ToString::to_string).unwrap_or_default())]
+    Rejected {
+        /// Every problem found, in file order.
+        problems: Vec<Problem>,
+    },
+    /// Geometry from `monovlm-calib` (KITTI calibration, boxes, intrinsics) failed.
+    #[error(transparent)]
+    Calib(#[from] monovlm_calib::Error),
+
+    // --- synthetic data (data::synth) ---
+    /// The synthetic data generator was asked for something it cannot do.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+
+    // --- evaluation (eval) ---
+    /// There is nothing to evaluate (the split has no records).
+    #[error("nothing to evaluate: {0}")]
+    NothingToEvaluate(String),
+    /// A plot could not be drawn.
+    #[error("plot {path}: {message}")]
+    Plot {
+        /// The PNG being drawn.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// The result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io { path: path.into(), source }
+    }
+}

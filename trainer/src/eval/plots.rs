@@ -1,0 +1,217 @@
+//! PNG plots of an evaluation (plotters, bitmap backend): accuracy per breakdown, and depth error
+//! against ground-truth distance.
+//!
+//! Text uses DejaVu Sans, compiled in (`assets/fonts/`, Bitstream Vera licence beside it), so
+//! drawing needs no system font.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use crate::error::{Error, Result};
+use crate::eval::categories::{MEDIUM_MAX_DEPTH_M, NEAR_MAX_DEPTH_M};
+use crate::eval::metrics::SampleResult;
+use crate::eval::report::EvalReport;
+
+/// DejaVu Sans (Bitstream Vera licence: `assets/fonts/DejaVuSans-LICENSE.txt`).
+static FONT_TTF: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
+/// The family name the font is registered under.
+const FONT_FAMILY: &str = "sans-serif";
+/// Top of the accuracy axis: 100% plus room for the legend.
+const ACC_AXIS_MAX_PCT: f64 = 125.0;
+/// Grid colours.
+const LIGHT_GRID: RGBColor = RGBColor(245, 245, 245);
+const BOLD_GRID: RGBColor = RGBColor(215, 215, 215);
+/// The Near/Medium/Far boundaries.
+const BAND_BOUNDARY: RGBColor = RGBColor(214, 39, 40);
+/// Plot size, pixels.
+const PLOT_SIZE_PX: (u32, u32) = (1200, 700);
+
+/// Registers the compiled-in font once; the outcome is remembered.
+fn ensure_font() -> std::result::Result<(), String> {
+    static REGISTERED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            plotters::style::register_font(FONT_FAMILY, FontStyle::Normal, FONT_TTF)
+                .map_err(|_| "the compiled-in font is not a valid TrueType font".to_owned())
+        })
+        .clone()
+}
+
+/// Draws into an RGB buffer with `draw`, then saves it as a PNG.
+fn render(
+    path: &Path,
+    draw: impl FnOnce(DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>) -> std::result::Result<(), String>,
+) -> Result<()> {
+    let plot_err = |message: String| Error::Plot { path: path.to_path_buf(), message };
+    ensure_font().map_err(plot_err)?;
+    let (w, h) = PLOT_SIZE_PX;
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| plot_err(e.to_string()))?;
+        draw(root.clone()).map_err(plot_err)?;
+        root.present().map_err(|e| plot_err(e.to_string()))?;
+    }
+    let img =
+        image::RgbImage::from_raw(w, h, buf).ok_or_else(|| plot_err("buffer size mismatch".to_owned()))?;
+    img.save_with_format(path, image::ImageFormat::Png)
+        .map_err(|e| Error::Image { path: path.to_path_buf(), message: e.to_string() })
+}
+
+/// The four bar series: (label, colour, value of a breakdown).
+type Series = (&'static str, RGBColor, fn(&crate::eval::metrics::CategoryMetrics) -> Option<f64>);
+
+const SERIES: [Series; 4] = [
+    ("Acc@0.25 exact IoU", RGBColor(31, 119, 180), |b| b.iou_3d.map(|s| s.acc_at_025_pct)),
+    ("Acc@0.5 exact IoU", RGBColor(174, 199, 232), |b| b.iou_3d.map(|s| s.acc_at_050_pct)),
+    ("Acc@0.25 Mono3DVG IoU", RGBColor(255, 127, 14), |b| b.iou_3d_mono3dvg.map(|s| s.acc_at_025_pct)),
+    ("Acc@0.5 Mono3DVG IoU", RGBColor(255, 187, 120), |b| b.iou_3d_mono3dvg.map(|s| s.acc_at_050_pct)),
+];
+
+/// A grouped bar chart: per breakdown, Acc@0.25 and Acc@0.5 with the exact and the Mono3DVG IoU;
+/// the sample count under each name. Empty breakdowns show no bars.
+///
+/// # Errors
+/// [`Error::Plot`] or [`Error::Image`] when drawing or saving fails.
+pub fn accuracy_per_category(report: &EvalReport, path: &Path) -> Result<()> {
+    let groups: Vec<(String, Vec<Option<f64>>)> = report
+        .breakdowns
+        .iter()
+        .map(|b| (format!("{} ({})", b.name, b.samples), SERIES.iter().map(|(_, _, f)| f(b)).collect()))
+        .collect();
+    let n_groups = groups.len().max(1);
+    let title = format!("3D grounding accuracy, {} split ({})", report.split, report.predictions);
+    render(path, |root| {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let mut chart = ChartBuilder::on(&root)
+            .caption(&title, (FONT_FAMILY, 26))
+            .margin(20)
+            .x_label_area_size(50)
+            .y_label_area_size(60)
+            // Headroom above 100% for the legend.
+            .build_cartesian_2d(0.0..n_groups as f64, 0.0..ACC_AXIS_MAX_PCT)
+            .map_err(|x| e(&x))?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .light_line_style(LIGHT_GRID)
+            .bold_line_style(BOLD_GRID)
+            .x_labels(n_groups * 2 + 1)
+            .x_label_formatter(&|x| {
+                // A label at each group centre only.
+                let centre = x - x.floor();
+                if (centre - 0.5).abs() < 1e-6 {
+                    groups.get(x.floor() as usize).map(|g| g.0.clone()).unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .y_label_formatter(&|y| if *y <= 100.0 { format!("{y:.0}") } else { String::new() })
+            .y_desc("accuracy (%)")
+            .label_style((FONT_FAMILY, 15))
+            .draw()
+            .map_err(|x| e(&x))?;
+        let bar_w = 0.8 / SERIES.len() as f64;
+        for (si, (label, colour, _)) in SERIES.iter().enumerate() {
+            let colour = *colour;
+            let bars = groups.iter().enumerate().filter_map(move |(gi, (_, values))| {
+                let v = values.get(si).copied().flatten()?;
+                let x0 = gi as f64 + 0.1 + si as f64 * bar_w;
+                Some(Rectangle::new([(x0, 0.0), (x0 + bar_w * 0.95, v)], colour.filled()))
+            });
+            chart
+                .draw_series(bars)
+                .map_err(|x| e(&x))?
+                .label(*label)
+                .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], colour.filled()));
+            // The value above each bar.
+            let values = groups.iter().enumerate().filter_map(move |(gi, (_, values))| {
+                let v = values.get(si).copied().flatten()?;
+                let x0 = gi as f64 + 0.1 + si as f64 * bar_w;
+                let style =
+                    TextStyle::from((FONT_FAMILY, 12).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
+                Some(Text::new(format!("{v:.0}"), (x0 + 0.475 * bar_w, v + 0.5), style))
+            });
+            chart.draw_series(values).map_err(|x| e(&x))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font((FONT_FAMILY, 15))
+            .draw()
+            .map_err(|x| e(&x))?;
+        Ok(())
+    })
+}
+
+/// A scatter of depth error `z_pred - z_gt` (m) against ground-truth depth `z_gt` (m) for the
+/// samples with a predicted box, with the Near/Medium/Far boundaries and the zero line.
+///
+/// # Errors
+/// [`Error::Plot`] or [`Error::Image`] when drawing or saving fails.
+pub fn depth_error_vs_distance(samples: &[SampleResult], path: &Path) -> Result<()> {
+    let points: Vec<(f64, f64)> = samples
+        .iter()
+        .filter_map(|s| s.pred_box3d.map(|p| (s.gt_box3d.z, p.z - s.gt_box3d.z)))
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect();
+    let x_max = points.iter().map(|p| p.0).fold(MEDIUM_MAX_DEPTH_M + 10.0, f64::max) * 1.05;
+    let x_min = points.iter().map(|p| p.0).fold(0.0, f64::min);
+    let y_abs = points.iter().map(|p| p.1.abs()).fold(1.0, f64::max) * 1.1;
+    let title = format!("Depth error against distance ({} predicted samples)", points.len());
+    render(path, |root| {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let mut chart = ChartBuilder::on(&root)
+            .caption(&title, (FONT_FAMILY, 26))
+            .margin(20)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x_min..x_max, -y_abs..y_abs)
+            .map_err(|x| e(&x))?;
+        chart
+            .configure_mesh()
+            .light_line_style(LIGHT_GRID)
+            .bold_line_style(BOLD_GRID)
+            .x_desc("ground-truth depth z (m)")
+            .y_desc("z predicted - z ground truth (m)")
+            .label_style((FONT_FAMILY, 15))
+            .draw()
+            .map_err(|x| e(&x))?;
+        for boundary in [NEAR_MAX_DEPTH_M, MEDIUM_MAX_DEPTH_M] {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    [(boundary, -y_abs), (boundary, y_abs)],
+                    8,
+                    6,
+                    BAND_BOUNDARY.stroke_width(2),
+                ))
+                .map_err(|x| e(&x))?;
+        }
+        chart
+            .draw_series(LineSeries::new([(x_min, 0.0), (x_max, 0.0)], BLACK.stroke_width(1)))
+            .map_err(|x| e(&x))?;
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 3, RGBColor(31, 119, 180).mix(0.6).filled())))
+            .map_err(|x| e(&x))?;
+        for (label, x) in [
+            ("Near", NEAR_MAX_DEPTH_M / 2.0),
+            ("Medium", 0.5 * (NEAR_MAX_DEPTH_M + MEDIUM_MAX_DEPTH_M)),
+            ("Far", 0.5 * (MEDIUM_MAX_DEPTH_M + x_max)),
+        ] {
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    label,
+                    (x, -y_abs * 0.92),
+                    (FONT_FAMILY, 16).into_font().color(&RGBColor(100, 100, 100)),
+                )))
+                .map_err(|x| e(&x))?;
+        }
+        Ok(())
+    })
+}
