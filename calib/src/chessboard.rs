@@ -185,13 +185,21 @@ fn is_x_junction(img: &[f32], w: usize, h: usize, x: f32, y: f32) -> bool {
 /// Saddle-point candidates, strongest first, with sub-pixel peaks of the response.
 fn saddle_candidates(img: &[f32], w: usize, h: usize) -> Vec<Point2<f64>> {
     let mut resp = vec![0f32; img.len()];
+    // Row slices (above, here, below) shifted by -1/0/+1 columns: plain element-wise arithmetic that
+    // the compiler vectorises.
     for y in 1..h - 1 {
-        for x in 1..w - 1 {
-            let i = y * w + x;
-            let ixx = img[i - 1] - 2.0 * img[i] + img[i + 1];
-            let iyy = img[i - w] - 2.0 * img[i] + img[i + w];
-            let ixy = 0.25 * (img[i - w - 1] + img[i + w + 1] - img[i - w + 1] - img[i + w - 1]);
-            resp[i] = (ixy * ixy - ixx * iyy).max(0.0);
+        let (up, mid, down) =
+            (&img[(y - 1) * w..y * w], &img[y * w..(y + 1) * w], &img[(y + 1) * w..(y + 2) * w]);
+        let out = &mut resp[y * w + 1..(y + 1) * w - 1];
+        let n = w - 2;
+        let (l, c, r) = (&mid[..n], &mid[1..n + 1], &mid[2..]);
+        let (u, d) = (&up[1..n + 1], &down[1..n + 1]);
+        let (ul, ur, dl, dr) = (&up[..n], &up[2..], &down[..n], &down[2..]);
+        for i in 0..n {
+            let ixx = l[i] - 2.0 * c[i] + r[i];
+            let iyy = u[i] - 2.0 * c[i] + d[i];
+            let ixy = 0.25 * (ul[i] + dr[i] - ur[i] - dl[i]);
+            out[i] = (ixy * ixy - ixx * iyy).max(0.0);
         }
     }
     let peak = resp.iter().copied().fold(0.0, f32::max);
@@ -406,13 +414,20 @@ fn refine(img: &[f32], w: usize, h: usize, start: Point2<f64>, half: i32) -> Poi
     let mut patch = vec![0f32; side * side];
     let mut q = start;
     for _ in 0..40 {
-        for (k, v) in patch.iter_mut().enumerate() {
-            let (dx, dy) = ((k % side) as i32 - half - 1, (k / side) as i32 - half - 1);
-            let Some(s) = sample(img, w, h, (q.x + f64::from(dx)) as f32, (q.y + f64::from(dy)) as f32)
-            else {
-                return q; // too close to the border to refine further
-            };
-            *v = s;
+        // All samples share q's fractional offset: one set of bilinear weights per iteration, and
+        // the window's bounds checked once.
+        let (x0, y0) = (q.x.floor() as i64 - i64::from(half) - 1, q.y.floor() as i64 - i64::from(half) - 1);
+        if x0 < 0 || y0 < 0 || x0 as usize + side >= w || y0 as usize + side >= h {
+            return q; // too close to the border to refine further
+        }
+        let (fx, fy) = ((q.x - q.x.floor()) as f32, (q.y - q.y.floor()) as f32);
+        let (w00, w01, w10, w11) = ((1.0 - fx) * (1.0 - fy), fx * (1.0 - fy), (1.0 - fx) * fy, fx * fy);
+        for (r, row) in patch.chunks_exact_mut(side).enumerate() {
+            let base = (y0 as usize + r) * w + x0 as usize;
+            let (top, bottom) = (&img[base..base + side + 1], &img[base + w..base + w + side + 1]);
+            for (c, v) in row.iter_mut().enumerate() {
+                *v = w00 * top[c] + w01 * top[c + 1] + w10 * bottom[c] + w11 * bottom[c + 1];
+            }
         }
         let mut a = Matrix2::<f64>::zeros();
         let mut b = Vector2::<f64>::zeros();
