@@ -98,6 +98,45 @@ pub enum Error {
         message: String,
     },
 
+    // --- preprocessing ---
+    /// An image (or a requested size) with a zero side.
+    #[error("the image is empty ({width}x{height})")]
+    EmptyImage {
+        /// Width in pixels.
+        width: usize,
+        /// Height in pixels.
+        height: usize,
+    },
+    /// An image too elongated for the Qwen2-VL processor.
+    #[error("the image {width}x{height} has an aspect ratio over {max}")]
+    AspectRatioTooLarge {
+        /// Width in pixels.
+        width: usize,
+        /// Height in pixels.
+        height: usize,
+        /// The largest ratio accepted, [`crate::preprocess::MAX_ASPECT_RATIO`].
+        max: f64,
+    },
+    /// The frame and its intrinsics disagree on the image size.
+    #[error("the image is {}x{} but the intrinsics are for {}x{}", .image.0, .image.1, .camera.0, .camera.1)]
+    ImageSizeMismatch {
+        /// Frame (width, height) in pixels.
+        image: (u32, u32),
+        /// Intrinsics (width, height) in pixels.
+        camera: (u32, u32),
+    },
+    /// A preprocessing setting that cannot work (zero factor, non-positive std, empty output).
+    #[error("invalid preprocessing configuration: {0}")]
+    InvalidPreprocessConfig(String),
+    /// A patch grid the vision encoder cannot take.
+    #[error("invalid grid_thw {grid_thw:?}: {reason}")]
+    InvalidGrid {
+        /// `[t, h, w]` in patches.
+        grid_thw: [usize; 3],
+        /// What is wrong.
+        reason: &'static str,
+    },
+
     // --- geometry ---
     /// An error from the geometry crate (invalid intrinsics, boxes, ...).
     #[error(transparent)]

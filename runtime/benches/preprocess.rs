@@ -1,0 +1,59 @@
+//! Preprocessing a 1280x720 camera frame for Qwen2.5-VL (goal: < 5 ms on one core).
+//!
+//! `cargo bench -p monovlm-runtime --bench preprocess`. The Python reference on the same frame:
+//! `scripts/reference/qwen_preprocess_fixture.py --bench`.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use image::RgbImage;
+use monovlm_calib::Intrinsics;
+use monovlm_runtime::preprocess::{
+    PreprocessConfig, cu_seqlens, preprocess_image, resize_bicubic, rope_index, vision_position_ids,
+    window_index,
+};
+
+/// A frame with texture everywhere (gradient plus hashed noise), like the fixtures' pattern.
+fn frame(width: u32, height: u32) -> RgbImage {
+    RgbImage::from_fn(width, height, |x, y| {
+        let px = |c: u32| {
+            let mut h = x.wrapping_mul(2654435761).wrapping_add(y.wrapping_mul(40503)).wrapping_add(c * 97);
+            h ^= h >> 15;
+            h = h.wrapping_mul(2246822519);
+            h ^= h >> 13;
+            ((x * 3 + y * 5 + c * 85 + (h & 63)) & 255) as u8
+        };
+        image::Rgb([px(0), px(1), px(2)])
+    })
+}
+
+fn bench(c: &mut Criterion) {
+    let rgb = frame(1280, 720);
+    let camera = Intrinsics::new(1000.0, 1000.0, 640.0, 360.0, 1280, 720).unwrap();
+    let config = PreprocessConfig::default();
+    let mut g = c.benchmark_group("preprocess");
+    g.bench_function("preprocess_image_1280x720", |b| {
+        b.iter(|| preprocess_image(std::hint::black_box(&rgb), &camera, &config).unwrap())
+    });
+    g.bench_function("resize_bicubic_1280x720_to_1288x728", |b| {
+        b.iter(|| resize_bicubic(std::hint::black_box(&rgb), 1288, 728).unwrap())
+    });
+    g.finish();
+
+    let grid = [[1, 52, 92]];
+    let mut g = c.benchmark_group("index_tensors");
+    g.bench_function("all_1280x720", |b| {
+        b.iter(|| {
+            let g = std::hint::black_box(&grid);
+            (
+                vision_position_ids(g).unwrap(),
+                window_index(g).unwrap(),
+                cu_seqlens(g).unwrap(),
+                rope_index(40, g[0], 60).unwrap(),
+            )
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
