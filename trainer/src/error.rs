@@ -70,6 +70,19 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+
+    // --- tokenizer ---
+    /// The `tokenizers` crate failed (training, a pre-tokeniser pattern, serialising).
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// A BPE vocabulary was asked for that cannot hold the special tokens and the 256 bytes.
+    #[error("vocabulary size {requested} is too small: at least {min} (special tokens + 256 bytes)")]
+    VocabTooSmall {
+        /// The size asked for.
+        requested: usize,
+        /// The smallest size possible.
+        min: usize,
+    },
 }
 
 /// The result type of this crate.

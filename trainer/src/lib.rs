@@ -8,5 +8,6 @@
 pub mod data;
 mod error;
 pub mod eval;
+pub mod tokenizer;
 
 pub use error::{Error, Result};

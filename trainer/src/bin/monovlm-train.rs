@@ -37,6 +37,29 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+    /// Train a byte-level BPE (Qwen special tokens, single-digit numbers) for a from-scratch model
+    /// on a dataset's descriptions, prompts and answers; writes tokenizer.json and tokenizer_config.json.
+    Tokenizer(TokenizerArgs),
+}
+
+/// Arguments of `tokenizer`.
+#[derive(Debug, Args)]
+struct TokenizerArgs {
+    /// Dataset root (the folder holding Mono3DRefer.json, images/, calib/); every split is used.
+    #[arg(long)]
+    data: PathBuf,
+    /// Largest vocabulary, special tokens and the 256 byte symbols included (at least 270).
+    #[arg(long, default_value_t = 4096)]
+    vocab_size: usize,
+    /// A pair seen fewer times in the corpus is never merged.
+    #[arg(long, default_value_t = 2)]
+    min_frequency: u64,
+    /// Output folder: tokenizer.json and tokenizer_config.json (created; files overwritten).
+    #[arg(long)]
+    out: PathBuf,
+    /// Refuse a dataset with malformed records (default: skip them).
+    #[arg(long)]
+    strict: bool,
 }
 
 /// `monovlm-train data ...`.
@@ -258,6 +281,24 @@ fn data_synth(args: &SynthArgs) -> Result<()> {
     Ok(())
 }
 
+fn tokenizer(args: &TokenizerArgs) -> Result<()> {
+    use monovlm_trainer::tokenizer::{dataset_corpus, save, train_bpe};
+    let dataset = load(&args.data, args.strict)?;
+    let corpus = dataset_corpus(&dataset).context("building the tokenizer corpus")?;
+    let texts = corpus.len();
+    let start = std::time::Instant::now();
+    let tok = train_bpe(corpus.into_iter(), args.vocab_size, args.min_frequency)?;
+    let files = save(&tok, &args.out)?;
+    say!(
+        "trained a {}-token byte-level BPE on {texts} texts in {:.1} s; wrote {}, {}",
+        tok.get_vocab_size(true),
+        start.elapsed().as_secs_f64(),
+        files.tokenizer.display(),
+        files.config.display()
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match &cli.command {
@@ -266,5 +307,6 @@ fn main() -> Result<()> {
             DataCommand::Check(args) => data_check(args),
             DataCommand::Synth(args) => data_synth(args),
         },
+        Command::Tokenizer(args) => tokenizer(args),
     }
 }
