@@ -424,35 +424,20 @@ fn resample_horizontal(
     out
 }
 
-/// One row of Pillow's horizontal 8-bit pass.
+/// One row of Pillow's horizontal 8-bit pass. The common upscaling case (5 taps) calls the body with
+/// a constant so the compiler unrolls it; other tap counts use the same body.
 fn horizontal_pass_row(src: &[u8], dst: &mut [u8], c: &Coefficients) {
     match c.taps {
-        5 => horizontal_row::<5>(src, dst, c),
-        _ => horizontal_row_dyn(src, dst, c),
+        5 => horizontal_row(src, dst, c, 5),
+        taps => horizontal_row(src, dst, c, taps),
     }
 }
 
-/// One row of the horizontal pass with a compile-time tap count (the upscaling case: 5 taps).
-fn horizontal_row<const TAPS: usize>(src: &[u8], dst: &mut [u8], c: &Coefficients) {
-    for ((px, &start), k) in dst.chunks_exact_mut(CHANNELS).zip(&c.starts).zip(c.weights.chunks_exact(TAPS)) {
-        let window = &src[start * CHANNELS..(start + TAPS) * CHANNELS];
-        let (mut r, mut g, mut b) = (ROUNDING, ROUNDING, ROUNDING);
-        for (p, &w) in window.chunks_exact(CHANNELS).zip(k) {
-            r += i32::from(p[0]) * w;
-            g += i32::from(p[1]) * w;
-            b += i32::from(p[2]) * w;
-        }
-        px[0] = clip8(r);
-        px[1] = clip8(g);
-        px[2] = clip8(b);
-    }
-}
-
-/// One row of the horizontal pass, any tap count.
-fn horizontal_row_dyn(src: &[u8], dst: &mut [u8], c: &Coefficients) {
-    for ((px, &start), k) in dst.chunks_exact_mut(CHANNELS).zip(&c.starts).zip(c.weights.chunks_exact(c.taps))
-    {
-        let window = &src[start * CHANNELS..(start + c.taps) * CHANNELS];
+/// One row of the horizontal pass with `taps` weights per output pixel.
+#[inline(always)]
+fn horizontal_row(src: &[u8], dst: &mut [u8], c: &Coefficients, taps: usize) {
+    for ((px, &start), k) in dst.chunks_exact_mut(CHANNELS).zip(&c.starts).zip(c.weights.chunks_exact(taps)) {
+        let window = &src[start * CHANNELS..(start + taps) * CHANNELS];
         let (mut r, mut g, mut b) = (ROUNDING, ROUNDING, ROUNDING);
         for (p, &w) in window.chunks_exact(CHANNELS).zip(k) {
             r += i32::from(p[0]) * w;

@@ -227,25 +227,13 @@ fn missing_files_are_problems_or_errors() {
     assert!(matches!(Dataset::load(&root, Strictness::Lenient), Err(Error::Json { .. })));
 }
 
-/// A small deterministic generator (SplitMix64), so the round trip covers many digits.
-struct Rng(u64);
-impl Rng {
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        lo + (hi - lo) * (z >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 #[test]
 fn writer_then_reader_gives_identical_boxes() {
     let root = scratch("round_trip");
     let calib = KittiCalib::read(&fixture().join("calib/000000.txt")).unwrap();
     let mut writer = DatasetWriter::create(&root).unwrap();
-    let mut rng = Rng(7);
+    // Random values, so the round trip covers many digits.
+    let mut rng = monovlm_calib::synth::SplitMix64::new(7);
     let mut written = Vec::new();
     for i in 0..6u32 {
         let name = image_name(i);
@@ -255,20 +243,20 @@ fn writer_then_reader_gives_identical_boxes() {
         writer.add_image(split, &name).unwrap();
         for j in 0..3u64 {
             let b = Box3d::new(
-                rng.uniform(-20.0, 20.0),
-                rng.uniform(0.5, 2.0),
-                rng.uniform(3.0, 70.0),
-                rng.uniform(0.5, 12.0),
-                rng.uniform(0.4, 3.0),
-                rng.uniform(0.8, 4.0),
-                rng.uniform(-4.0, 4.0),
+                rng.range(-20.0, 20.0),
+                rng.range(0.5, 2.0),
+                rng.range(3.0, 70.0),
+                rng.range(0.5, 12.0),
+                rng.range(0.4, 3.0),
+                rng.range(0.8, 4.0),
+                rng.range(-4.0, 4.0),
             )
             .unwrap();
-            let x1 = rng.uniform(0.0, 60.0);
-            let y1 = rng.uniform(0.0, 40.0);
-            let bbox = Box2d::new(x1, y1, x1 + rng.uniform(0.1, 4.0), y1 + rng.uniform(0.1, 8.0)).unwrap();
+            let x1 = rng.range(0.0, 60.0);
+            let y1 = rng.range(0.0, 40.0);
+            let bbox = Box2d::new(x1, y1, x1 + rng.range(0.1, 4.0), y1 + rng.range(0.1, 8.0)).unwrap();
             let class = ["Car", "Pedestrian", "Cyclist"][j as usize];
-            let label = KittiLabel::from_box3d(class, &b, bbox, rng.uniform(0.0, 0.5), (j % 3) as i8);
+            let label = KittiLabel::from_box3d(class, &b, bbox, rng.range(0.0, 0.5), (j % 3) as i8);
             let key = SampleKey { instance_id: u64::from(i) * 10 + j, ann_id: j % 2 };
             let desc = format!("the {} with \"quotes\" and 'apostrophes' number {j}", class.to_lowercase());
             let record = Record::new(&name, key, &class.to_lowercase(), &desc, label).unwrap();
