@@ -557,7 +557,23 @@ pub struct WindowIndex {
 /// # Errors
 /// [`Error::InvalidGrid`] for an empty grid or odd sides, or more patches than i32 holds.
 pub fn window_index(grids_thw: &[[usize; 3]]) -> Result<WindowIndex> {
-    const WINDOW_TOKENS: usize = WINDOW_SIZE_PX / MERGE_SIZE / PATCH_SIZE_PX;
+    window_index_sized(grids_thw, WINDOW_SIZE_PX)
+}
+
+/// [`window_index`] for a model configured with another `window_size` (pixels, a positive multiple
+/// of `MERGE_SIZE * PATCH_SIZE_PX` = 28).
+///
+/// # Errors
+/// [`Error::InvalidGrid`] as [`window_index`]; [`Error::InvalidPreprocessConfig`] for a window size
+/// that is not a positive multiple of 28.
+pub fn window_index_sized(grids_thw: &[[usize; 3]], window_size_px: usize) -> Result<WindowIndex> {
+    let merged_px = MERGE_SIZE * PATCH_SIZE_PX;
+    if window_size_px == 0 || !window_size_px.is_multiple_of(merged_px) {
+        return Err(Error::InvalidPreprocessConfig(format!(
+            "window size {window_size_px} px is not a positive multiple of {merged_px}"
+        )));
+    }
+    let window_tokens = window_size_px / merged_px;
     let mut index = Vec::new();
     let mut cu = vec![0i32];
     let mut offset = 0usize;
@@ -567,9 +583,9 @@ pub fn window_index(grids_thw: &[[usize; 3]]) -> Result<WindowIndex> {
         let [t, h, w] = grid;
         let (llm_h, llm_w) = (h / MERGE_SIZE, w / MERGE_SIZE);
         for ti in 0..t {
-            for r0 in (0..llm_h).step_by(WINDOW_TOKENS) {
-                for c0 in (0..llm_w).step_by(WINDOW_TOKENS) {
-                    let (r1, c1) = ((r0 + WINDOW_TOKENS).min(llm_h), (c0 + WINDOW_TOKENS).min(llm_w));
+            for r0 in (0..llm_h).step_by(window_tokens) {
+                for c0 in (0..llm_w).step_by(window_tokens) {
+                    let (r1, c1) = ((r0 + window_tokens).min(llm_h), (c0 + window_tokens).min(llm_w));
                     for r in r0..r1 {
                         for c in c0..c1 {
                             index.push((offset + (ti * llm_h + r) * llm_w + c) as i64);
@@ -658,6 +674,69 @@ pub fn rope_index(text_before: usize, grid_thw: [usize; 3], text_after: usize) -
             ids[[row, col]] = resume + i as i64;
         }
         col += 1;
+    }
+    let max = ids.iter().copied().max().unwrap_or(-1);
+    Ok(RopeIndex { position_ids: ids, rope_delta: max + 1 - len as i64 })
+}
+
+/// 3-row positions of any token sequence with image blocks (`Qwen2_5_VLModel.get_rope_index` for
+/// images): each maximal run of `image_token_id` is one image, taking the grids of `grids_thw` in
+/// order; a run must hold exactly `t * h * w / 4` tokens of its grid. Text tokens count up on all
+/// rows; after an image, text resumes at the image's start + `max(t, h / 2, w / 2)`.
+///
+/// # Errors
+/// [`Error::InvalidGrid`] for an invalid grid, [`Error::InvalidPreprocessConfig`] when the image
+/// runs and the grids disagree (count or length).
+pub fn rope_index_tokens(tokens: &[i64], image_token_id: i64, grids_thw: &[[usize; 3]]) -> Result<RopeIndex> {
+    let len = tokens.len();
+    let mut ids = Array2::<i64>::zeros((3, len));
+    let mut next = 0i64;
+    let mut images = grids_thw.iter();
+    let mut i = 0;
+    while i < len {
+        if tokens[i] != image_token_id {
+            for row in 0..3 {
+                ids[[row, i]] = next;
+            }
+            next += 1;
+            i += 1;
+            continue;
+        }
+        let run = tokens[i..].iter().take_while(|&&t| t == image_token_id).count();
+        let &grid = images.next().ok_or_else(|| {
+            Error::InvalidPreprocessConfig(format!(
+                "more image-token runs than the {} grid(s) given",
+                grids_thw.len()
+            ))
+        })?;
+        check_grid(grid)?;
+        let [t, h, w] = grid;
+        let (llm_h, llm_w) = (h / MERGE_SIZE, w / MERGE_SIZE);
+        if run != t * llm_h * llm_w {
+            return Err(Error::InvalidPreprocessConfig(format!(
+                "an image-token run of {run} at position {i} does not match grid {grid:?} ({} tokens)",
+                t * llm_h * llm_w
+            )));
+        }
+        let mut col = i;
+        for ti in 0..t {
+            for r in 0..llm_h {
+                for c in 0..llm_w {
+                    ids[[0, col]] = next + ti as i64;
+                    ids[[1, col]] = next + r as i64;
+                    ids[[2, col]] = next + c as i64;
+                    col += 1;
+                }
+            }
+        }
+        next += t.max(llm_h).max(llm_w) as i64;
+        i += run;
+    }
+    if images.next().is_some() {
+        return Err(Error::InvalidPreprocessConfig(format!(
+            "{} grid(s) given but fewer image-token runs in the sequence",
+            grids_thw.len()
+        )));
     }
     let max = ids.iter().copied().max().unwrap_or(-1);
     Ok(RopeIndex { position_ids: ids, rope_delta: max + 1 - len as i64 })

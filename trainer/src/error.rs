@@ -83,6 +83,57 @@ pub enum Error {
         /// The smallest size possible.
         min: usize,
     },
+
+    // --- model (model) ---
+    /// A model configuration (`config.json`) is missing a field, has a wrong value, or describes
+    /// an architecture we do not implement.
+    #[error("model config: {0}")]
+    ModelConfig(String),
+    /// A checkpoint lacks a tensor the configuration requires.
+    #[error("checkpoint: tensor {name} is missing")]
+    MissingTensor {
+        /// The Hugging Face tensor name.
+        name: String,
+    },
+    /// A checkpoint tensor has another shape than the configuration implies.
+    #[error("checkpoint: tensor {name} has shape {found:?}, the config implies {expected:?}")]
+    TensorShape {
+        /// The Hugging Face tensor name.
+        name: String,
+        /// The shape the configuration implies.
+        expected: Vec<i64>,
+        /// The shape in the file.
+        found: Vec<i64>,
+    },
+    /// A checkpoint holds tensors the configuration does not use (a config/weights disagreement).
+    #[error("checkpoint: {} unexpected tensor(s), first {}", names.len(), names.first().map(String::as_str).unwrap_or(""))]
+    UnexpectedTensors {
+        /// Their names.
+        names: Vec<String>,
+    },
+    /// A safetensors file is truncated or malformed, or holds a dtype we do not read.
+    #[error("{path}: {message}")]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+    /// Model inputs are inconsistent (token count vs image grid, shapes, ids out of range).
+    #[error("model input: {0}")]
+    ModelInput(String),
+    /// A libtorch operation failed (out of memory, device errors, shape errors from torch).
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// A device string is not `cpu` or `cuda[:N]`, or the device is not available.
+    #[error("device {0:?}: expected cpu or cuda[:N] (with a CUDA build of libtorch)")]
+    Device(String),
+    /// Preprocessing from `monovlm-runtime` (image, index tensors) failed.
+    #[error(transparent)]
+    Preprocess(#[from] monovlm_runtime::Error),
+    /// Training produced a non-finite loss, gradient or reward.
+    #[error("non-finite value: {0}")]
+    NonFinite(String),
 }
 
 /// The result type of this crate.

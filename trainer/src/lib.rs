@@ -8,6 +8,7 @@
 pub mod data;
 mod error;
 pub mod eval;
+pub mod model;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
