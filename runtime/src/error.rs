@@ -128,6 +128,10 @@ pub enum Error {
     /// A preprocessing setting that cannot work (zero factor, non-positive std, empty output).
     #[error("invalid preprocessing configuration: {0}")]
     InvalidPreprocessConfig(String),
+    /// A model `config.json` is unreadable, lacks a field, or describes an architecture we do not
+    /// implement.
+    #[error("model config: {0}")]
+    ModelConfig(String),
     /// A patch grid the vision encoder cannot take.
     #[error("invalid grid_thw {grid_thw:?}: {reason}")]
     InvalidGrid {

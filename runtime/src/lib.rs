@@ -8,6 +8,7 @@
 //! libtorch.
 
 mod error;
+pub mod model_config;
 pub mod ortlib;
 pub mod preprocess;
 pub mod protocol;

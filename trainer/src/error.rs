@@ -128,9 +128,10 @@ pub enum Error {
     /// A device string is not `cpu` or `cuda[:N]`, or the device is not available.
     #[error("device {0:?}: expected cpu or cuda[:N] (with a CUDA build of libtorch)")]
     Device(String),
-    /// Preprocessing from `monovlm-runtime` (image, index tensors) failed.
+    /// `monovlm-runtime` failed: preprocessing (images, index tensors), the shared `config.json`
+    /// reader, or the answer protocol.
     #[error(transparent)]
-    Preprocess(#[from] monovlm_runtime::Error),
+    Runtime(#[from] monovlm_runtime::Error),
     /// Training produced a non-finite loss, gradient or reward.
     #[error("non-finite value: {0}")]
     NonFinite(String),

@@ -2,14 +2,13 @@
 //! names as Hugging Face transformers, trainable, for a 7B hub checkpoint on GPUs and the tiny
 //! models we train and test here alike.
 //!
-//! - [`config`]: `config.json`, both layouts transformers has written.
+//! - `config.json`: `monovlm_runtime::model_config` (shared with the exporter and the runtime).
 //! - [`weights`]: parameters by Hugging Face name; safetensors in and out.
 //! - [`vision`], [`text`]: the two towers; [`generate`]: decoding with a KV cache.
 //!
 //! Inputs come from `monovlm_runtime::preprocess` (pixel rows, grids, index tensors) and
 //! `monovlm_runtime::protocol` (prompts), turned into tensors here.
 
-pub mod config;
 pub mod generate;
 pub mod layers;
 pub mod text;
@@ -23,8 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use monovlm_runtime::preprocess;
 use tch::{Device, Kind, Tensor};
 
-pub use config::{Qwen25VlConfig, TextConfig, VisionConfig};
 pub use layers::LoraConfig;
+pub use monovlm_runtime::model_config::{Qwen25VlConfig, TextConfig, VisionConfig};
 pub use text::KvCache;
 use weights::{Builder, Init, ParamStore, Source};
 
@@ -288,7 +287,7 @@ impl Qwen25Vl {
     /// 3-row positions `[3, S]` and rope delta of one token sequence with its images' grids.
     ///
     /// # Errors
-    /// [`Error::Preprocess`] when the image-token runs and the grids disagree.
+    /// [`Error::Runtime`] when the image-token runs and the grids disagree.
     pub fn position_ids(&self, tokens: &[i64], grids: &[[usize; 3]]) -> Result<(Tensor, i64)> {
         let r = preprocess::rope_index_tokens(tokens, self.config.image_token_id, grids)?;
         let s = tokens.len() as i64;

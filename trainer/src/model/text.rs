@@ -3,10 +3,10 @@
 
 use tch::{Kind, Tensor};
 
-use super::config::TextConfig;
 use super::layers::{Linear, RmsNorm, apply_rotary};
 use super::weights::Builder;
 use crate::Result;
+use monovlm_runtime::model_config::TextConfig;
 
 #[derive(Debug)]
 struct Layer {

@@ -7,10 +7,10 @@
 use monovlm_runtime::preprocess;
 use tch::{Device, Kind, Tensor};
 
-use super::config::VisionConfig;
 use super::layers::{Linear, RmsNorm, apply_rotary, segment_attention};
 use super::weights::{Builder, Init};
 use crate::{Error, Result};
+use monovlm_runtime::model_config::VisionConfig;
 
 const VISION_NORM_EPS: f64 = 1e-6;
 const VISION_ROPE_THETA: f64 = 10_000.0;

@@ -3,11 +3,12 @@
 //!
 //! Names inside the trainer are the hub's (`visual.blocks.0.attn.qkv.weight`,
 //! `model.layers.0.self_attn.q_proj.weight`, `lm_head.weight`); transformers 5 calls the same tensors
-//! `model.visual.*` and `model.language_model.*`, which [`canonical_name`] maps back.
+//! `model.visual.*` and `model.language_model.*`, which `canonical_tensor_name` maps back.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use monovlm_runtime::model_config::canonical_tensor_name;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use tch::{Device, Kind, Tensor};
 
@@ -86,17 +87,6 @@ impl ParamStore {
                 let _ = grad.zero_();
             }
         }
-    }
-}
-
-/// transformers 5 names (`model.language_model.*`, `model.visual.*`) to hub names; others unchanged.
-pub fn canonical_name(name: &str) -> String {
-    if let Some(rest) = name.strip_prefix("model.language_model.") {
-        format!("model.{rest}")
-    } else if let Some(rest) = name.strip_prefix("model.visual.") {
-        format!("visual.{rest}")
-    } else {
-        name.to_owned()
     }
 }
 
@@ -183,7 +173,7 @@ pub fn read_tensors(files: &[PathBuf]) -> Result<HashMap<String, Tensor>> {
             let tensor = Tensor::f_from_data_size(view.data(), &shape, kind).map_err(|e| {
                 Error::Safetensors { path: path.clone(), message: format!("tensor {name}: {e}") }
             })?;
-            out.insert(canonical_name(&name), tensor);
+            out.insert(canonical_tensor_name(&name), tensor);
         }
     }
     Ok(out)

@@ -1,6 +1,9 @@
 //! `config.json` of `Qwen2_5_VLForConditionalGeneration`, read in both layouts transformers has used
 //! (text fields at the top level with `rope_scaling`, as on the hub; or nested in `text_config` with
 //! `rope_parameters`, as transformers 5 writes) and written so that both read it.
+//!
+//! One implementation for the three crates that meet at this file: the trainer (checkpoints), the
+//! exporter (checkpoint -> package) and the runtime (package).
 
 use std::path::Path;
 
@@ -158,13 +161,17 @@ impl Qwen25VlConfig {
     /// Reads `config.json` from a checkpoint directory or file.
     ///
     /// # Errors
-    /// [`Error::Io`], [`Error::Json`], or [`Error::ModelConfig`] naming the bad field.
+    /// [`Error::ModelConfig`] naming the file and what is wrong (unreadable, not JSON, a field).
     pub fn from_file(path: &Path) -> Result<Self> {
         let path = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::ModelConfig(format!("{}: {e}", path.display())))?;
         let value: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::Json { path: path.clone(), message: e.to_string() })?;
-        Self::from_json(&value)
+            .map_err(|e| Error::ModelConfig(format!("{}: not JSON: {e}", path.display())))?;
+        Self::from_json(&value).map_err(|e| match e {
+            Error::ModelConfig(m) => Error::ModelConfig(format!("{}: {m}", path.display())),
+            other => other,
+        })
     }
 
     /// Parses a `config.json` document and checks it describes an architecture we implement.
@@ -422,5 +429,18 @@ impl Qwen25VlConfig {
             "initializer_range": v.initializer_range,
         });
         root
+    }
+}
+
+/// A tensor name in the hub's layout (`visual.*`, `model.layers.*`, `model.embed_tokens.weight`,
+/// `lm_head.weight`): transformers 5's in-memory names `model.visual.*` and
+/// `model.language_model.*` are mapped back; other names are returned unchanged.
+pub fn canonical_tensor_name(name: &str) -> String {
+    if let Some(rest) = name.strip_prefix("model.language_model.") {
+        format!("model.{rest}")
+    } else if let Some(rest) = name.strip_prefix("model.visual.") {
+        format!("visual.{rest}")
+    } else {
+        name.to_owned()
     }
 }
