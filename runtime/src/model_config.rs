@@ -366,9 +366,9 @@ impl Qwen25VlConfig {
         Ok(())
     }
 
-    /// The `config.json` document. Text fields are written both nested (`text_config`, with
-    /// `rope_parameters`, transformers >= 5) and at the top level (with `rope_scaling`, the hub layout
-    /// that transformers 4.x reads). `dtype` is the weights' storage type (`float32`, `bfloat16`...).
+    /// The `config.json` document in the layout transformers 5 writes (text fields nested in
+    /// `text_config` with `rope_parameters`). `dtype` is the weights' storage type (`float32`,
+    /// `bfloat16`...).
     pub fn to_json(&self, dtype: &str) -> Value {
         let t = &self.text;
         let v = &self.vision;
@@ -393,18 +393,16 @@ impl Qwen25VlConfig {
             "eos_token_id": eos,
             "pad_token_id": self.pad_token_id,
         });
-        let mut text_config = text_fields.clone();
+        let mut text_config = text_fields;
         text_config["model_type"] = json!("qwen2_5_vl_text");
         text_config["dtype"] = json!(dtype);
         text_config["rope_parameters"] =
             json!({"rope_type": "default", "rope_theta": t.rope_theta, "mrope_section": t.mrope_section});
-        let mut root = text_fields;
-        root["architectures"] = json!(["Qwen2_5_VLForConditionalGeneration"]);
-        root["model_type"] = json!("qwen2_5_vl");
-        root["dtype"] = json!(dtype);
-        root["torch_dtype"] = json!(dtype);
-        root["rope_theta"] = json!(t.rope_theta);
-        root["rope_scaling"] = json!({"type": "mrope", "mrope_section": t.mrope_section});
+        let mut root = json!({
+            "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+            "model_type": "qwen2_5_vl",
+            "dtype": dtype,
+        });
         root["image_token_id"] = json!(self.image_token_id);
         root["video_token_id"] = json!(self.video_token_id);
         root["vision_start_token_id"] = json!(self.vision_start_token_id);

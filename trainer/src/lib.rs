@@ -5,10 +5,12 @@
 //! (2D IoU reward, then 3D-centre reward, then the compound 3D reward). It writes Hugging Face
 //! checkpoints that the exporter reads; prompts and answer parsing come from `monovlm_runtime::protocol`.
 
+pub mod checkpoint;
 pub mod data;
 mod error;
 pub mod eval;
 pub mod model;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};

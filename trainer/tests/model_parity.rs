@@ -101,3 +101,91 @@ fn shared_prefill_samples_equal_single_decoding() {
     assert!(stopped[0].stopped);
     assert_eq!(stopped[0].tokens, one[0].tokens[..=first].to_vec());
 }
+
+/// A hub `config.json` (text fields at the top level, `rope_scaling` of type `mrope`, as
+/// Qwen2.5-VL-3B/7B and MiMo-VL-7B ship) and transformers 5's in-memory tensor names
+/// (`model.language_model.*`, `model.visual.*`) load into the same model.
+#[test]
+fn hub_config_layout_and_transformers5_tensor_names_load_the_same_model() {
+    use monovlm_trainer::model::weights::write_tensors;
+    let src = fixture("tiny_b");
+    let dir = std::env::temp_dir().join(format!("monovlm-hub-layout-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let v5: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let mut hub = v5.clone();
+    let text = hub.as_object_mut().unwrap().remove("text_config").unwrap();
+    let rope = text["rope_parameters"].clone();
+    for (k, v) in text.as_object().unwrap() {
+        if k != "rope_parameters" && k != "model_type" {
+            hub[k] = v.clone();
+        }
+    }
+    hub["rope_theta"] = rope["rope_theta"].clone();
+    hub["rope_scaling"] = serde_json::json!({"type": "mrope", "mrope_section": rope["mrope_section"]});
+    std::fs::write(dir.join("config.json"), serde_json::to_string(&hub).unwrap()).unwrap();
+    let tensors = read_tensors(&[src.join("model.safetensors")]).unwrap();
+    let renamed: Vec<(String, Tensor)> = tensors
+        .into_iter()
+        .map(|(name, t)| {
+            let name = if let Some(rest) = name.strip_prefix("visual.") {
+                format!("model.visual.{rest}")
+            } else if let Some(rest) = name.strip_prefix("model.") {
+                format!("model.language_model.{rest}")
+            } else {
+                name
+            };
+            (name, t)
+        })
+        .collect();
+    write_tensors(&dir, &renamed, Kind::Float, usize::MAX).unwrap();
+    let a = Qwen25Vl::load(&src, Device::Cpu, Kind::Float).unwrap();
+    let b = Qwen25Vl::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(a.config(), b.config());
+    let io = io("tiny_b");
+    let tokens: Vec<i64> = Vec::try_from(io["input_ids"].reshape([-1])).unwrap();
+    let g = grids(&io);
+    let la = tch::no_grad(|| a.forward_logits(&tokens, Some(&io["pixel_values"]), &g)).unwrap();
+    let lb = tch::no_grad(|| b.forward_logits(&tokens, Some(&io["pixel_values"]), &g)).unwrap();
+    assert_eq!(max_abs_diff(&la, &lb), 0.0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A checkpoint that disagrees with its config fails with an error naming the tensor.
+#[test]
+fn truncated_or_mismatched_checkpoints_name_the_tensor() {
+    use monovlm_trainer::model::weights::write_tensors;
+    let src = fixture("tiny_a");
+    let dir = std::env::temp_dir().join(format!("monovlm-bad-ckpt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let mut tensors: Vec<(String, Tensor)> =
+        read_tensors(&[src.join("model.safetensors")]).unwrap().into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let load_err = |t: &[(String, Tensor)]| {
+        write_tensors(&dir, t, Kind::Float, usize::MAX).unwrap();
+        Qwen25Vl::load(&dir, Device::Cpu, Kind::Float).unwrap_err().to_string()
+    };
+    let missing: Vec<_> = tensors
+        .iter()
+        .filter(|(n, _)| n != "model.norm.weight")
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    assert!(load_err(&missing).contains("model.norm.weight"));
+    let mut wrong: Vec<_> = missing.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+    wrong.push(("model.norm.weight".into(), Tensor::ones([63], (Kind::Float, Device::Cpu))));
+    let e = load_err(&wrong);
+    assert!(e.contains("model.norm.weight") && e.contains("[63]"), "{e}");
+    let mut extra: Vec<_> = tensors.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+    extra.push(("model.layers.2.mlp.up_proj.weight".into(), Tensor::ones([1], (Kind::Float, Device::Cpu))));
+    assert!(load_err(&extra).contains("model.layers.2.mlp.up_proj.weight"));
+    // Truncated file.
+    write_tensors(&dir, &tensors, Kind::Float, usize::MAX).unwrap();
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let e = Qwen25Vl::load(&dir, Device::Cpu, Kind::Float).unwrap_err().to_string();
+    assert!(e.contains("model.safetensors"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
