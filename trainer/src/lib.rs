@@ -5,6 +5,7 @@
 //! (2D IoU reward, then 3D-centre reward, then the compound 3D reward). It writes Hugging Face
 //! checkpoints that the exporter reads; prompts and answer parsing come from `monovlm_runtime::protocol`.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 mod error;

@@ -215,3 +215,70 @@ pub fn depth_error_vs_distance(samples: &[SampleResult], path: &Path) -> Result<
         Ok(())
     })
 }
+
+/// One curve of a [`curves`] plot.
+pub struct Curve<'a> {
+    /// Legend text.
+    pub label: &'a str,
+    /// `(x, y)` points in order; non-finite points are skipped.
+    pub points: &'a [(f64, f64)],
+}
+
+/// Colours of successive curves (matplotlib's tab10).
+const CURVE_COLOURS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+/// Line plot of training curves (loss, reward, KL...) against steps, with a legend.
+///
+/// # Errors
+/// [`Error::Plot`] or [`Error::Image`] when drawing or saving fails.
+pub fn curves(path: &Path, title: &str, x_desc: &str, y_desc: &str, series: &[Curve<'_>]) -> Result<()> {
+    let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
+    let all: Vec<(f64, f64)> = series.iter().flat_map(|c| c.points.iter().filter(finite).copied()).collect();
+    let (x0, x1) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (y0, y1) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let (x0, x1) = if x0.is_finite() && x1 > x0 { (x0, x1) } else { (0.0, 1.0) };
+    let pad = ((y1 - y0) * 0.08).max(1e-6);
+    let (y0, y1) = if y0.is_finite() { (y0 - pad, y1 + pad) } else { (0.0, 1.0) };
+    render(path, |root| {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, (FONT_FAMILY, 26))
+            .margin(20)
+            .x_label_area_size(50)
+            .y_label_area_size(80)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(|x| e(&x))?;
+        chart
+            .configure_mesh()
+            .light_line_style(LIGHT_GRID)
+            .bold_line_style(BOLD_GRID)
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .label_style((FONT_FAMILY, 15))
+            .draw()
+            .map_err(|x| e(&x))?;
+        for (i, c) in series.iter().enumerate() {
+            let colour = CURVE_COLOURS[i % CURVE_COLOURS.len()];
+            chart
+                .draw_series(LineSeries::new(c.points.iter().filter(finite).copied(), colour.stroke_width(2)))
+                .map_err(|x| e(&x))?
+                .label(c.label)
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(3)));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.9))
+            .border_style(BOLD_GRID)
+            .label_font((FONT_FAMILY, 16))
+            .draw()
+            .map_err(|x| e(&x))?;
+        Ok(())
+    })
+}

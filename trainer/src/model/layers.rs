@@ -134,9 +134,14 @@ impl RmsNorm {
         Ok(Self { weight: b.weight(&format!("{name}.weight"), &[dim], Init::Ones)?, eps })
     }
 
-    /// `weight * x / sqrt(mean(x^2) + eps)`.
+    /// `weight * x / sqrt(mean(x^2) + eps)`. When `x` needs no gradient, in f32, libtorch's fused `rms_norm`
+    /// (one kernel; results equal to rounding); otherwise transformers' exact sequence of operations
+    /// (normalise in f32, round to the input dtype, then scale), so training matches it step for step.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
+        if kind == Kind::Float && self.weight.kind() == Kind::Float && !x.requires_grad() {
+            return x.rms_norm(self.weight.size(), Some(&self.weight), self.eps);
+        }
         let xf = x.to_kind(Kind::Float);
         let var = xf.square().mean_dim(-1, true, Kind::Float);
         let normed = (xf * (var + self.eps).rsqrt()).to_kind(kind);
@@ -144,17 +149,11 @@ impl RmsNorm {
     }
 }
 
-/// `cat(-x2, x1)` over the last dimension split in halves.
-pub(crate) fn rotate_half(x: &Tensor) -> Tensor {
+/// `x cos + rotate_half(x) sin` computed as `x cos + roll(x, d/2) signed_sin`, where
+/// `signed_sin = cat(-sin1, sin2)`: the same products (negation is exact), two kernels fewer.
+pub(crate) fn apply_rotary(x: &Tensor, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
     let half = x.size().last().copied().unwrap_or(0) / 2;
-    let x1 = x.narrow(-1, 0, half);
-    let x2 = x.narrow(-1, half, half);
-    Tensor::cat(&[x2.neg(), x1], -1)
-}
-
-/// `x cos + rotate_half(x) sin`.
-pub(crate) fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-    x * cos + rotate_half(x) * sin
+    x * cos + x.roll([half], [-1]) * signed_sin
 }
 
 /// Bidirectional attention within contiguous segments of a sequence, `q, k, v: [heads, N, hd]`,

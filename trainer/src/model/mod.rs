@@ -11,6 +11,7 @@
 
 pub mod generate;
 pub mod layers;
+pub mod presets;
 pub mod text;
 pub mod vision;
 pub mod weights;
@@ -262,6 +263,13 @@ impl Qwen25Vl {
         }
     }
 
+    /// Plain token embeddings `[B, S, D]` (no image scatter): decoding steps, where a generated
+    /// `<|image_pad|>` is just a token.
+    /// The ids must lie in the vocabulary (they come from this model's own sampling).
+    pub(crate) fn embed_generated(&self, input_ids: &Tensor) -> Tensor {
+        Tensor::embedding(&self.embed_tokens, &input_ids.to_device(self.device), -1, false, false)
+    }
+
     /// Logits `[.., V]` of final hidden states `[.., D]`.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
         hidden.linear::<&Tensor>(self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None)
@@ -277,6 +285,22 @@ impl Qwen25Vl {
         key_padding: Option<&Tensor>,
     ) -> Tensor {
         self.text.forward(embeds, &position_ids.to_device(self.device), cache, key_padding)
+    }
+
+    /// [`Self::decode`] with the decoder's weights fused by [`text::TextModel::fused`].
+    pub(crate) fn decode_fused(
+        &self,
+        embeds: &Tensor,
+        position_ids: &Tensor,
+        cache: &mut KvCache,
+        fused: &[text::FusedLayer],
+    ) -> Tensor {
+        self.text.forward_with(embeds, &position_ids.to_device(self.device), Some(cache), None, Some(fused))
+    }
+
+    /// Fused decoder weights for [`Self::decode_fused`].
+    pub(crate) fn fused_decoder(&self) -> Vec<text::FusedLayer> {
+        self.text.fused()
     }
 
     /// An empty KV cache.

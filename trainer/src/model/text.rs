@@ -21,6 +21,16 @@ struct Layer {
     down: Linear,
 }
 
+/// One decoder layer's weights fused for decoding (see [`TextModel::fused`]).
+#[derive(Debug)]
+pub(crate) struct FusedLayer {
+    qkv_w: Tensor,
+    qkv_b: Tensor,
+    o_w: Tensor,
+    gate_up_w: Tensor,
+    down_w: Tensor,
+}
+
 /// The decoder stack (without embedding lookup and `lm_head`, which [`super::Qwen25Vl`] owns).
 #[derive(Debug)]
 pub struct TextModel {
@@ -151,8 +161,9 @@ impl TextModel {
         }
     }
 
-    /// cos/sin `[B, 1, S, head_dim]` of 3-row positions `[3, B, S]`: frequency `j` follows the
-    /// temporal, height or width row according to `mrope_section` (transformers' layout).
+    /// cos and sin `[B, 1, S, head_dim]` of 3-row positions `[3, B, S]`: frequency `j` follows the
+    /// temporal, height or width row according to `mrope_section` (transformers' layout). The sin
+    /// has its first half negated, for [`apply_rotary`].
     fn rotary(&self, position_ids: &Tensor, kind: Kind) -> (Tensor, Tensor) {
         let freqs = position_ids.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq; // [3, B, S, hd/2]
         let mut parts = Vec::with_capacity(3);
@@ -163,7 +174,30 @@ impl TextModel {
         }
         let sel = Tensor::cat(&parts, -1);
         let emb = Tensor::cat(&[&sel, &sel], -1).unsqueeze(1);
-        (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+        let sin = sel.sin();
+        let signed_sin = Tensor::cat(&[sin.neg(), sin], -1).unsqueeze(1);
+        (emb.cos().to_kind(kind), signed_sin.to_kind(kind))
+    }
+
+    /// The weights of every layer with q/k/v and gate/up concatenated and LoRA merged: fewer,
+    /// larger matrix products for decoding (built once per `generate` call, no gradient).
+    pub(crate) fn fused(&self) -> Vec<FusedLayer> {
+        tch::no_grad(|| {
+            self.layers
+                .iter()
+                .map(|l| FusedLayer {
+                    qkv_w: Tensor::cat(&[l.q.merged_weight(), l.k.merged_weight(), l.v.merged_weight()], 0),
+                    qkv_b: Tensor::cat(
+                        &[&l.q.bias, &l.k.bias, &l.v.bias]
+                            .map(|b| b.as_ref().map(Tensor::shallow_clone).unwrap_or_default()),
+                        0,
+                    ),
+                    o_w: l.o.merged_weight(),
+                    gate_up_w: Tensor::cat(&[l.gate.merged_weight(), l.up.merged_weight()], 0),
+                    down_w: l.down.merged_weight(),
+                })
+                .collect()
+        })
     }
 
     /// Runs the decoder on `embeds [B, S, D]` at 3-row positions `position_ids [3, B, S]`.
@@ -176,8 +210,21 @@ impl TextModel {
         &self,
         embeds: &Tensor,
         position_ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        key_padding: Option<&Tensor>,
+    ) -> Tensor {
+        self.forward_with(embeds, position_ids, cache, key_padding, None)
+    }
+
+    /// [`Self::forward`] with the layers' weights taken from `fused` (see [`Self::fused`]) when
+    /// given: the same function, computed with fewer kernels.
+    pub(crate) fn forward_with(
+        &self,
+        embeds: &Tensor,
+        position_ids: &Tensor,
         mut cache: Option<&mut KvCache>,
         key_padding: Option<&Tensor>,
+        fused: Option<&[FusedLayer]>,
     ) -> Tensor {
         let size = embeds.size();
         let (bsz, seq) = (size[0], size[1]);
@@ -205,32 +252,62 @@ impl TextModel {
         let mut x = embeds.shallow_clone();
         for (i, layer) in self.layers.iter().enumerate() {
             let y = layer.input_norm.forward(&x);
-            let q = layer.q.forward(&y).view([bsz, seq, heads, hd]).transpose(1, 2);
-            let k = layer.k.forward(&y).view([bsz, seq, kv_heads, hd]).transpose(1, 2);
-            let v = layer.v.forward(&y).view([bsz, seq, kv_heads, hd]).transpose(1, 2);
-            let q = apply_rotary(&q, &cos, &sin);
-            let k = apply_rotary(&k, &cos, &sin);
+            let (q, k, v) = match fused.and_then(|f| f.get(i)) {
+                Some(f) => {
+                    let qkv = y
+                        .linear(&f.qkv_w, Some(&f.qkv_b))
+                        .view([bsz, seq, heads + 2 * kv_heads, hd])
+                        .transpose(1, 2);
+                    // One rotation for queries and keys together.
+                    let qk = apply_rotary(&qkv.narrow(1, 0, heads + kv_heads), &cos, &sin);
+                    (
+                        qk.narrow(1, 0, heads),
+                        qk.narrow(1, heads, kv_heads),
+                        qkv.narrow(1, heads + kv_heads, kv_heads),
+                    )
+                }
+                None => {
+                    let q = layer.q.forward(&y).view([bsz, seq, heads, hd]).transpose(1, 2);
+                    let k = layer.k.forward(&y).view([bsz, seq, kv_heads, hd]).transpose(1, 2);
+                    let v = layer.v.forward(&y).view([bsz, seq, kv_heads, hd]).transpose(1, 2);
+                    (apply_rotary(&q, &cos, &sin), apply_rotary(&k, &cos, &sin), v)
+                }
+            };
             let (k, v) = match cache.as_deref_mut() {
                 Some(c) => c.append(i, &k, &v),
                 None => (k, v),
             };
-            let (k, v) = if groups > 1 { (repeat_kv(&k, groups), repeat_kv(&v, groups)) } else { (k, v) };
-            let attn =
-                Tensor::scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), 0.0, is_causal, scale, false);
+            // Grouped-query attention without materialising repeated keys/values.
+            let attn = Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                mask.as_ref(),
+                0.0,
+                is_causal,
+                scale,
+                groups > 1,
+            );
             let attn = attn.transpose(1, 2).reshape([bsz, seq, heads * hd]);
-            x = &x + layer.o.forward(&attn);
-            let y = layer.post_norm.forward(&x);
-            x = &x + layer.down.forward(&(layer.gate.forward(&y).silu() * layer.up.forward(&y)));
+            let y = match fused.and_then(|f| f.get(i)) {
+                Some(f) => {
+                    x = &x + attn.linear::<&Tensor>(&f.o_w, None);
+                    let gu = layer.post_norm.forward(&x).linear::<&Tensor>(&f.gate_up_w, None);
+                    let inter = gu.size()[2] / 2;
+                    (gu.narrow(-1, 0, inter).silu() * gu.narrow(-1, inter, inter))
+                        .linear::<&Tensor>(&f.down_w, None)
+                }
+                None => {
+                    x = &x + layer.o.forward(&attn);
+                    let y = layer.post_norm.forward(&x);
+                    layer.down.forward(&(layer.gate.forward(&y).silu() * layer.up.forward(&y)))
+                }
+            };
+            x = &x + y;
         }
         if let Some(c) = cache {
             c.len = total;
         }
         self.norm.forward(&x)
     }
-}
-
-/// `[B, kv, T, hd]` -> `[B, kv * groups, T, hd]`, each key/value head repeated for its query group.
-fn repeat_kv(t: &Tensor, groups: i64) -> Tensor {
-    let s = t.size();
-    t.unsqueeze(2).expand([s[0], s[1], groups, s[2], s[3]], false).reshape([s[0], s[1] * groups, s[2], s[3]])
 }

@@ -146,7 +146,8 @@ impl VisionTower {
         let freqs = idx.positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq; // [N, 2, hd/4]
         let freqs = freqs.reshape([n, -1]); // rows then columns
         let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // [N, 1, hd]
-        let (cos, sin) = (emb.cos(), emb.sin());
+        let sin = freqs.sin();
+        let (cos, sin) = (emb.cos(), Tensor::cat(&[sin.neg(), sin], -1).unsqueeze(1));
         let heads = cfg.num_heads;
         let hd = cfg.head_dim();
         let scale = 1.0 / (hd as f64).sqrt();

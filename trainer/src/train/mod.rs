@@ -1,6 +1,7 @@
 //! Training: batches of prompt + answer sequences, the answer-only language-model loss, the
 //! optimiser and schedule ([`optim`]), supervised fine-tuning ([`sft`]).
 
+pub mod grounding;
 pub mod optim;
 pub mod sft;
 

@@ -1,4 +1,4 @@
-//! `monovlm-train`: datasets and evaluation for MonoVLM (training arrives with the libtorch issue).
+//! `monovlm-train`: datasets, evaluation, models and training for MonoVLM.
 //!
 //! A thin wrapper over `monovlm_trainer`: argument parsing, progress bars and printing.
 
@@ -12,12 +12,14 @@ use monovlm_trainer::data::mono3drefer::{Dataset, INSTANCE_SPLIT_FILE, Split, St
 use monovlm_trainer::eval::predictions::{PredictionSet, write_prediction_lines};
 use monovlm_trainer::eval::{baseline, evaluate, report};
 
+mod model_cmds;
+
 /// Prints a line to stdout, returning the error (a closed pipe, say) instead of panicking.
 macro_rules! say {
     ($($arg:tt)*) => { writeln!(std::io::stdout(), $($arg)*)? };
 }
 
-/// MonoVLM trainer: datasets and evaluation.
+/// MonoVLM trainer: datasets, evaluation, Qwen2.5-VL models, SFT.
 #[derive(Debug, Parser)]
 #[command(name = "monovlm-train", version, about)]
 struct Cli {
@@ -40,6 +42,13 @@ enum Command {
     /// Train a byte-level BPE (Qwen special tokens, single-digit numbers) for a from-scratch model
     /// on a dataset's descriptions, prompts and answers; writes tokenizer.json and tokenizer_config.json.
     Tokenizer(TokenizerArgs),
+    /// Create a from-scratch model (random weights, Qwen2.5-VL layout) for a tokenizer.
+    Init(model_cmds::InitArgs),
+    /// Supervised fine-tuning on a dataset's grounding answers (loss on answer tokens only).
+    Sft(model_cmds::SftArgs),
+    /// Training and generation speed on a ~3M-parameter model (compare with
+    /// scripts/reference/bench_qwen_torch.py).
+    Bench(model_cmds::BenchArgs),
 }
 
 /// Arguments of `tokenizer`.
@@ -308,5 +317,8 @@ fn main() -> Result<()> {
             DataCommand::Synth(args) => data_synth(args),
         },
         Command::Tokenizer(args) => tokenizer(args),
+        Command::Init(args) => model_cmds::init(args),
+        Command::Sft(args) => model_cmds::sft(args),
+        Command::Bench(args) => model_cmds::bench(args),
     }
 }

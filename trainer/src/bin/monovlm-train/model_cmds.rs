@@ -1,0 +1,261 @@
+//! `init`, `sft` and `bench`: the model commands of `monovlm-train`.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use monovlm_runtime::preprocess::PreprocessConfig;
+use monovlm_trainer::checkpoint::{self, MonovlmMeta, SaveOptions, StageRecord};
+use monovlm_trainer::data::mono3drefer::{Split, Strictness};
+use monovlm_trainer::eval::plots::{Curve, curves};
+use monovlm_trainer::model::presets::{ModelSize, SpecialIds};
+use monovlm_trainer::model::weights::parse_kind;
+use monovlm_trainer::model::{LoraConfig, Qwen25Vl, parse_device};
+use monovlm_trainer::train::grounding::build_examples;
+use monovlm_trainer::train::sft::{SftConfig, train_sft};
+use monovlm_trainer::{bench, tokenizer};
+
+use crate::progress;
+
+/// Arguments of `init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Folder with tokenizer.json (from `monovlm-train tokenizer`).
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// Architecture preset: tiny (~0.4M parameters), bench-3m (~3M).
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    seed: i64,
+    /// Smallest resized image area, pixels.
+    #[arg(long, default_value_t = 56 * 56)]
+    min_pixels: usize,
+    /// Largest resized image area, pixels (the image token count grows with it).
+    #[arg(long, default_value_t = 448 * 140)]
+    max_pixels: usize,
+    /// Output checkpoint directory.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Arguments of `sft`.
+#[derive(Debug, Args)]
+pub struct SftArgs {
+    /// Dataset root (Mono3DRefer layout).
+    #[arg(long)]
+    data: PathBuf,
+    /// Checkpoint to start from (a Hugging Face directory with tokenizer.json).
+    #[arg(long)]
+    base: PathBuf,
+    /// Output checkpoint directory (written atomically; logs and plots go inside).
+    #[arg(long)]
+    out: PathBuf,
+    /// Optimisation steps.
+    #[arg(long, default_value_t = 1000)]
+    steps: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Linear warm-up steps.
+    #[arg(long, default_value_t = 50)]
+    warmup: usize,
+    /// Validate every N steps (and after the last).
+    #[arg(long, default_value_t = 200)]
+    eval_every: usize,
+    /// Validation records (from the val split).
+    #[arg(long, default_value_t = 64)]
+    val_examples: usize,
+    /// Use only the first N training records.
+    #[arg(long)]
+    train_examples: Option<usize>,
+    /// LoRA rank; 0 trains every weight.
+    #[arg(long, default_value_t = 0)]
+    lora_rank: i64,
+    /// LoRA alpha.
+    #[arg(long, default_value_t = 32.0)]
+    lora_alpha: f64,
+    /// Device: cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Weights' dtype while training and in the saved checkpoint: f32, bf16, f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// libtorch threads (0 = libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+    /// Seed of the data order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// Arguments of `bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// libtorch threads (the reference is measured with 1).
+    #[arg(long, default_value_t = 1)]
+    threads: i32,
+    /// Training steps measured (after 2 warm-up steps).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Generation runs measured (after 1 warm-up).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+}
+
+pub fn init(args: &InitArgs) -> Result<()> {
+    let tok = tokenizer::load(&args.tokenizer)?;
+    let ids = SpecialIds::of(&tok)?;
+    let config = ModelSize::preset(&args.preset)?.config(i64::from(tok.get_vocab_size(true) as u32), &ids);
+    let mut model = Qwen25Vl::random(&config, tch::Device::Cpu, tch::Kind::Float, args.seed)?;
+    let pre = PreprocessConfig {
+        min_pixels: args.min_pixels,
+        max_pixels: args.max_pixels,
+        ..PreprocessConfig::default()
+    };
+    let meta = MonovlmMeta::new(&pre);
+    let opts = SaveOptions {
+        dtype: tch::Kind::Float,
+        tokenizer_from: Some(&args.tokenizer),
+        meta: &meta,
+        train: None,
+        max_shard_bytes: 4 << 30,
+    };
+    checkpoint::save(&mut model, &args.out, opts)?;
+    writeln!(
+        std::io::stdout(),
+        "wrote a random {} model ({} parameters, vocabulary {}) to {}",
+        args.preset,
+        model.params().numel(),
+        config.text.vocab_size,
+        args.out.display()
+    )?;
+    Ok(())
+}
+
+pub fn sft(args: &SftArgs) -> Result<()> {
+    if args.threads > 0 {
+        tch::set_num_threads(args.threads);
+    }
+    let device = parse_device(&args.device)?;
+    let kind = parse_kind(&args.dtype)?;
+    let dataset = monovlm_trainer::data::mono3drefer::Dataset::load(&args.data, Strictness::Lenient)
+        .with_context(|| format!("loading {}", args.data.display()))?;
+    let tok = tokenizer::load(&args.base).context("the base checkpoint needs a tokenizer.json")?;
+    let ids = SpecialIds::of(&tok)?;
+    let mut meta =
+        MonovlmMeta::read(&args.base)?.unwrap_or_else(|| MonovlmMeta::new(&PreprocessConfig::default()));
+    let pre = meta.preprocess_config();
+    let mut model = Qwen25Vl::load(&args.base, device, kind)
+        .with_context(|| format!("loading {}", args.base.display()))?;
+    if args.lora_rank > 0 {
+        model.attach_lora(&LoraConfig {
+            rank: args.lora_rank,
+            alpha: args.lora_alpha,
+            ..LoraConfig::default()
+        })?;
+    }
+    let n_train = args
+        .train_examples
+        .unwrap_or(dataset.records(Split::Train).len())
+        .min(dataset.records(Split::Train).len());
+    let bar = progress(n_train + args.val_examples, "preparing examples");
+    let train = build_examples(&dataset, Split::Train, &tok, &pre, Some(n_train), || bar.inc(1))?;
+    let val = build_examples(&dataset, Split::Val, &tok, &pre, Some(args.val_examples), || bar.inc(1))?;
+    bar.finish_and_clear();
+    if train.is_empty() {
+        bail!("the train split of {} has no records", args.data.display());
+    }
+    let cfg = SftConfig {
+        steps: args.steps,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        warmup_steps: args.warmup,
+        eval_every: args.eval_every,
+        seed: args.seed,
+        ..SftConfig::default()
+    };
+    let bar = progress(args.steps, "sft");
+    let mut lines = Vec::new();
+    let start = std::time::Instant::now();
+    let log = train_sft(&mut model, &tok, &train, &val, &cfg, ids.pad, |l| {
+        bar.inc(1);
+        bar.set_message(format!("loss {:.4}  {:.0} tok/s", l.loss, l.tokens_per_s));
+        if let Some(v) = &l.val {
+            bar.println(format!(
+                "step {}: val format {:.1}%  2D Acc@0.5 {:.1}%  3D Acc@0.25 {:.1}%  Acc@0.5 {:.1}%  mIoU {:.3}",
+                l.step, v.format_pct, v.acc2d_050_pct, v.acc3d_025_pct, v.acc3d_050_pct, v.miou_3d
+            ));
+        }
+        lines.push(serde_json::to_string(l).unwrap_or_default());
+    })?;
+    bar.finish_and_clear();
+    let last_val = log.iter().rev().find_map(|l| l.val.clone());
+    meta.stages.push(StageRecord {
+        name: "sft".into(),
+        steps: args.steps,
+        details: serde_json::json!({
+            "data": args.data, "train_examples": train.len(), "batch_size": args.batch_size, "lr": args.lr,
+            "lora_rank": args.lora_rank, "val": last_val, "seconds": start.elapsed().as_secs_f64(),
+        }),
+    });
+    let opts = SaveOptions {
+        dtype: kind,
+        tokenizer_from: Some(&args.base),
+        meta: &meta,
+        train: None,
+        max_shard_bytes: 4 << 30,
+    };
+    checkpoint::save(&mut model, &args.out, opts)?;
+    write_logs(&args.out, &lines, &log)?;
+    writeln!(
+        std::io::stdout(),
+        "trained {} steps in {:.0} s; final loss {:.4}; checkpoint, sft_log.jsonl and sft_loss.png in {}",
+        args.steps,
+        start.elapsed().as_secs_f64(),
+        log.last().map_or(f64::NAN, |l| l.loss),
+        args.out.display()
+    )?;
+    if let Some(v) = last_val {
+        writeln!(std::io::stdout(), "validation: {}", serde_json::to_string(&v)?)?;
+    }
+    Ok(())
+}
+
+fn write_logs(dir: &Path, lines: &[String], log: &[monovlm_trainer::train::sft::SftLogLine]) -> Result<()> {
+    std::fs::write(dir.join("sft_log.jsonl"), lines.join("\n") + "\n")?;
+    let loss: Vec<(f64, f64)> = log.iter().map(|l| (l.step as f64, l.loss)).collect();
+    curves(
+        &dir.join("sft_loss.png"),
+        "SFT loss (answer tokens)",
+        "step",
+        "cross-entropy",
+        &[Curve { label: "train loss", points: &loss }],
+    )?;
+    Ok(())
+}
+
+pub fn bench(args: &BenchArgs) -> Result<()> {
+    tch::set_num_threads(args.threads);
+    let model = bench::bench_model(tch::Device::Cpu)?;
+    let mut out = std::io::stdout();
+    writeln!(
+        out,
+        "# model: bench-3m, {} parameters, f32, CPU, {} thread(s)",
+        model.params().numel(),
+        args.threads
+    )?;
+    for r in [
+        bench::bench_train(&model, args.steps)?,
+        bench::bench_generate(&model, 8, false, args.runs)?,
+        bench::bench_generate(&model, 1, true, args.runs)?,
+    ] {
+        writeln!(out, "{}", serde_json::to_string(&r)?)?;
+    }
+    Ok(())
+}

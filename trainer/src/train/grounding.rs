@@ -1,0 +1,202 @@
+//! Grounding examples: a dataset record becomes a prompt (the protocol's chat prompt with the
+//! model-input image and intrinsics) and a target answer (the protocol's answer format and
+//! `<|im_end|>`); generated text becomes a scored prediction.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use monovlm_calib::{Box2d, ResizeMap};
+use monovlm_runtime::preprocess::{PreprocessConfig, Preprocessed, preprocess_image};
+use monovlm_runtime::protocol::{self, Answer, Query, tokens};
+use tch::Tensor;
+use tokenizers::Tokenizer;
+
+use super::Sequence;
+use crate::data::mono3drefer::{Dataset, Record, Split};
+use crate::eval::categories::categorize;
+use crate::eval::metrics::{CategoryMetrics, SampleResult};
+use crate::eval::predictions::Predicted;
+use crate::model::Qwen25Vl;
+use crate::model::generate::{Prompt, Sampling};
+use crate::{Error, Result};
+
+/// One record, ready for training and evaluation.
+#[derive(Debug)]
+pub struct Example {
+    /// The dataset record (ground truth, key, categories).
+    pub record: Record,
+    /// Prompt tokens (chat template, image pads, query, intrinsics of the model-input image).
+    pub prompt: Vec<i64>,
+    /// The ground-truth answer tokens, `<|im_end|>` last.
+    pub target: Vec<i64>,
+    /// The preprocessed image (shared by the records of one image).
+    pub image: Arc<Preprocessed>,
+}
+
+impl Example {
+    /// The pixel rows as a tensor `[N, 1176]`.
+    pub fn pixel_values(&self) -> Tensor {
+        let pv = &self.image.pixel_values;
+        let data = pv.as_slice().map(<[f32]>::to_vec).unwrap_or_else(|| pv.iter().copied().collect());
+        Tensor::from_slice(&data).reshape([pv.nrows() as i64, pv.ncols() as i64])
+    }
+
+    /// Prompt + target, for supervised training.
+    pub fn sequence(&self) -> Sequence {
+        Sequence {
+            prompt: self.prompt.clone(),
+            target: self.target.clone(),
+            pixel_values: Some(self.pixel_values()),
+            grids: vec![self.image.grid_thw],
+        }
+    }
+
+    /// The prompt alone, for generation.
+    pub fn prompt(&self) -> Prompt {
+        Prompt {
+            tokens: self.prompt.clone(),
+            pixel_values: Some(self.pixel_values()),
+            grids: vec![self.image.grid_thw],
+        }
+    }
+
+    /// Maps the model-input image back to camera pixels.
+    pub fn resize_map(&self) -> &ResizeMap {
+        &self.image.resize_map
+    }
+}
+
+/// Tokenises text containing the chat template's special tokens.
+///
+/// # Errors
+/// [`Error::Tokenizer`].
+pub fn encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<i64>> {
+    let enc = tokenizer.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
+}
+
+/// Decodes generated ids to text, keeping nothing but the answer text (special tokens dropped).
+///
+/// # Errors
+/// [`Error::Tokenizer`].
+pub fn decode(tokenizer: &Tokenizer, ids: &[i64]) -> Result<String> {
+    let ids: Vec<u32> = ids.iter().filter_map(|&i| u32::try_from(i).ok()).collect();
+    tokenizer.decode(&ids, true).map_err(|e| Error::Tokenizer(e.to_string()))
+}
+
+/// The id of `<|im_end|>`, where generation stops.
+///
+/// # Errors
+/// [`Error::Tokenizer`] when the tokenizer lacks it.
+pub fn im_end_id(tokenizer: &Tokenizer) -> Result<i64> {
+    tokenizer
+        .token_to_id(tokens::IM_END)
+        .map(i64::from)
+        .ok_or_else(|| Error::Tokenizer(format!("the tokenizer has no {}", tokens::IM_END)))
+}
+
+/// Builds examples of a dataset split: each image is read and preprocessed once.
+///
+/// `limit` keeps the first records only. `on_example` is called after each (progress).
+///
+/// # Errors
+/// [`Error::Io`]/[`Error::Image`] for unreadable images, [`Error::Runtime`] for preprocessing or a
+/// record whose description the protocol rejects, [`Error::Tokenizer`].
+pub fn build_examples(
+    dataset: &Dataset,
+    split: Split,
+    tokenizer: &Tokenizer,
+    pre: &PreprocessConfig,
+    limit: Option<usize>,
+    mut on_example: impl FnMut(),
+) -> Result<Vec<Example>> {
+    let mut images: HashMap<String, Arc<Preprocessed>> = HashMap::new();
+    let im_end = tokens::IM_END;
+    let records = dataset.records(split);
+    let records = &records[..limit.unwrap_or(records.len()).min(records.len())];
+    let mut out = Vec::with_capacity(records.len());
+    for record in records {
+        let image = match images.get(&record.image) {
+            Some(p) => Arc::clone(p),
+            None => {
+                let p = Arc::new(load_image(dataset, &record.image, pre)?);
+                images.insert(record.image.clone(), Arc::clone(&p));
+                p
+            }
+        };
+        let query = Query::new(&record.description)?;
+        let prompt = protocol::chat_prompt(&query, &image.intrinsics, image.num_image_tokens);
+        let answer = Answer { bbox_2d: image.resize_map.map_box(&record.label.bbox), bbox_3d: record.box3d };
+        let target = format!("{}{im_end}", protocol::format_answer(&answer));
+        out.push(Example {
+            record: record.clone(),
+            prompt: encode(tokenizer, &prompt)?,
+            target: encode(tokenizer, &target)?,
+            image,
+        });
+        on_example();
+    }
+    Ok(out)
+}
+
+fn load_image(dataset: &Dataset, name: &str, pre: &PreprocessConfig) -> Result<Preprocessed> {
+    let path = dataset.image_path(name)?;
+    let rgb = read_rgb(&path)?;
+    let k = dataset.intrinsics(name)?;
+    Ok(preprocess_image(&rgb, &k, pre)?)
+}
+
+fn read_rgb(path: &Path) -> Result<image::RgbImage> {
+    let img =
+        image::open(path).map_err(|e| Error::Image { path: path.to_owned(), message: e.to_string() })?;
+    Ok(img.to_rgb8())
+}
+
+/// Parses generated text into a prediction in camera pixels (2D) and the camera frame (3D).
+pub fn prediction_from_text(text: &str, resize: &ResizeMap) -> Predicted {
+    match protocol::parse_answer(text) {
+        Ok(a) => {
+            let b: Box2d = resize.unmap_box(&a.bbox_2d);
+            Predicted::Boxes { bbox_3d: a.bbox_3d, bbox_2d: Some(b) }
+        }
+        Err(e) => Predicted::FormatFailure { reason: e.to_string() },
+    }
+}
+
+/// Greedy answers for `examples`, scored with the official metrics; returns every sample and the
+/// Overall breakdown. `on_example` is called after each (progress).
+///
+/// # Errors
+/// As [`Qwen25Vl::generate`] and [`decode`].
+pub fn evaluate_examples(
+    model: &Qwen25Vl,
+    tokenizer: &Tokenizer,
+    examples: &[Example],
+    max_new_tokens: usize,
+    mut on_example: impl FnMut(),
+) -> Result<(Vec<SampleResult>, CategoryMetrics)> {
+    let records: Vec<Record> = examples.iter().map(|e| e.record.clone()).collect();
+    let (cats, _) = categorize(&records, records.iter(), None);
+    let sampling =
+        Sampling { temperature: 0.0, top_p: 1.0, max_new_tokens, stop_tokens: vec![im_end_id(tokenizer)?] };
+    let mut samples = Vec::with_capacity(examples.len());
+    for (ex, cat) in examples.iter().zip(cats) {
+        let (out, _) = model.generate(&ex.prompt(), 1, &sampling)?;
+        let text = out.first().map(|c| decode(tokenizer, &c.tokens)).transpose()?.unwrap_or_default();
+        let pred = prediction_from_text(&text, ex.resize_map());
+        let r = &ex.record;
+        samples.push(SampleResult::score(
+            r.key(),
+            &r.image,
+            &r.object_name,
+            cat,
+            r.box3d,
+            r.label.bbox,
+            Some(&pred),
+        ));
+        on_example();
+    }
+    let overall = CategoryMetrics::of("Overall", &samples);
+    Ok((samples, overall))
+}
