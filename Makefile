@@ -18,7 +18,8 @@ lint:
 unit:
 	$(CARGO) test --locked --workspace
 
-demo: setup
+demo:
+	@bash scripts/setup --no-torch
 	$(CARGO) run --locked --release -p monovlm-runtime --bin monovlm-edge -- info
 	@echo "(no model package yet: grounding arrives with the exporter, runtime and nano-model issues)"
 

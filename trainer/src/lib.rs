@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod data;
 mod error;
 pub mod eval;
+pub mod grpo;
 pub mod model;
 pub mod tokenizer;
 pub mod train;

@@ -36,6 +36,9 @@ pub struct Batch {
     pub pixel_values: Option<Tensor>,
     /// Patch grids of all images, row by row.
     pub grids: Vec<[usize; 3]>,
+    /// The image features are computed once and used by this many consecutive rows (1 = each row
+    /// has its own images; G = a GRPO group sharing one prompt image).
+    pub image_repeat: i64,
 }
 
 impl Batch {
@@ -78,7 +81,36 @@ impl Batch {
             position_ids: Tensor::from_slice(&pos).reshape([3, b, l]),
             pixel_values: if pixels.is_empty() { None } else { Some(Tensor::cat(&pixels, 0)) },
             grids,
+            image_repeat: 1,
         })
+    }
+
+    /// Sequences (given without images) that all start with the same one-image prompt: the image
+    /// is encoded once and its features used by every row.
+    ///
+    /// # Errors
+    /// As [`Batch::new`].
+    pub fn with_shared_image(
+        model: &Qwen25Vl,
+        seqs: &[Sequence],
+        pad_id: i64,
+        pixel_values: Tensor,
+        grid: [usize; 3],
+    ) -> Result<Self> {
+        let with_grid: Vec<Sequence> = seqs
+            .iter()
+            .map(|s| Sequence {
+                prompt: s.prompt.clone(),
+                target: s.target.clone(),
+                pixel_values: None,
+                grids: vec![grid],
+            })
+            .collect();
+        let mut batch = Self::new(model, &with_grid, pad_id)?;
+        batch.pixel_values = Some(pixel_values);
+        batch.grids = vec![grid];
+        batch.image_repeat = seqs.len() as i64;
+        Ok(batch)
     }
 
     /// Supervised tokens.
@@ -93,6 +125,9 @@ impl Batch {
 /// As [`Qwen25Vl::embed`] and [`Qwen25Vl::image_features`].
 pub fn batch_hidden(model: &Qwen25Vl, batch: &Batch) -> Result<Tensor> {
     let features = match &batch.pixel_values {
+        Some(p) if batch.image_repeat > 1 => {
+            Some(model.image_features(p, &batch.grids)?.repeat([batch.image_repeat, 1]))
+        }
         Some(p) => Some(model.image_features(p, &batch.grids)?),
         None => None,
     };
@@ -117,4 +152,26 @@ pub fn causal_lm_loss(model: &Qwen25Vl, batch: &Batch) -> Result<Tensor> {
     }
     let logits = model.logits(&h.index_select(0, &rows)).to_kind(Kind::Float);
     Ok(logits.cross_entropy_for_logits(&targets.index_select(0, &rows)))
+}
+
+/// Log-probabilities (under `logits / temperature`) of the supervised tokens of a batch, in
+/// row-major order of their positions, and the entropy of each of those distributions: what the
+/// GRPO loss needs. Logits are computed only at those positions.
+///
+/// # Errors
+/// [`Error::ModelInput`] when nothing is supervised; as [`batch_hidden`].
+pub fn target_logprobs(model: &Qwen25Vl, batch: &Batch, temperature: f64) -> Result<(Tensor, Tensor)> {
+    let hidden = batch_hidden(model, batch)?;
+    let (b, l, d) = (hidden.size()[0], hidden.size()[1], hidden.size()[2]);
+    let h = hidden.narrow(1, 0, l - 1).reshape([b * (l - 1), d]);
+    let targets = batch.labels.narrow(1, 1, l - 1).reshape([-1]).to_device(hidden.device());
+    let rows = targets.ne(IGNORE_INDEX).nonzero().squeeze_dim(1);
+    if rows.size()[0] == 0 {
+        return Err(Error::ModelInput("no supervised tokens in the batch".into()));
+    }
+    let logits = model.logits(&h.index_select(0, &rows)).to_kind(Kind::Float) / temperature;
+    let logp_all = logits.log_softmax(-1, Kind::Float);
+    let taken = logp_all.gather(1, &targets.index_select(0, &rows).unsqueeze(1), false).squeeze_dim(1);
+    let entropy = -(logp_all.exp() * &logp_all).sum_dim_intlist(-1, false, Kind::Float);
+    Ok((taken, entropy))
 }
