@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod curriculum;
 pub mod data;
 mod error;
 pub mod eval;

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use monovlm_calib::synth::SplitMix64;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use super::grounding::{Example, evaluate_examples};
@@ -53,7 +53,7 @@ impl Default for SftConfig {
 }
 
 /// Validation metrics (Overall breakdown).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ValMetrics {
     /// Samples scored.
     pub samples: usize,
@@ -147,18 +147,12 @@ pub fn train_sft(
                 seqs.push(train[i].sequence());
             }
         }
-        let batch = Batch::new(model, &seqs, pad_id)?;
-        model.params().zero_grad();
-        let loss = causal_lm_loss(model, &batch)?;
-        let loss_v = loss.double_value(&[]);
-        if !loss_v.is_finite() {
-            return Err(Error::NonFinite(format!("SFT loss {loss_v} at step {}", step + 1)));
-        }
-        loss.backward();
-        let grad_norm = clip_grad_norm(model.params(), cfg.max_grad_norm)?;
         let lr = schedule.lr(step);
-        opt.step(model.params(), lr)?;
-        let tokens = batch.input_ids.numel() as f64;
+        let (loss_v, grad_norm, tokens) = sft_step(model, &mut opt, &seqs, pad_id, lr, cfg.max_grad_norm)
+            .map_err(|e| match e {
+                Error::NonFinite(m) => Error::NonFinite(format!("{m} at step {}", step + 1)),
+                other => other,
+            })?;
         let last = step + 1 == cfg.steps;
         let val_now = !val.is_empty() && (last || (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0));
         let tokens_per_s = tokens / t0.elapsed().as_secs_f64().max(1e-9);
@@ -169,6 +163,32 @@ pub fn train_sft(
     }
     model.params().zero_grad();
     Ok(log)
+}
+
+/// One SFT optimisation step on `seqs`: returns the loss, the gradient norm before clipping and the
+/// tokens in the padded batch.
+///
+/// # Errors
+/// [`Error::NonFinite`] for a NaN/inf loss (no update is applied); as the forward pass.
+pub fn sft_step(
+    model: &Qwen25Vl,
+    opt: &mut AdamW,
+    seqs: &[super::Sequence],
+    pad_id: i64,
+    lr: f64,
+    max_grad_norm: f64,
+) -> Result<(f64, f64, f64)> {
+    let batch = Batch::new(model, seqs, pad_id)?;
+    model.params().zero_grad();
+    let loss = causal_lm_loss(model, &batch)?;
+    let loss_v = loss.double_value(&[]);
+    if !loss_v.is_finite() {
+        return Err(Error::NonFinite(format!("SFT loss {loss_v}")));
+    }
+    loss.backward();
+    let grad_norm = clip_grad_norm(model.params(), max_grad_norm)?;
+    opt.step(model.params(), lr)?;
+    Ok((loss_v, grad_norm, batch.input_ids.numel() as f64))
 }
 
 /// Fisher-Yates with our deterministic generator.

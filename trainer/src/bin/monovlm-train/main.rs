@@ -19,7 +19,7 @@ macro_rules! say {
     ($($arg:tt)*) => { writeln!(std::io::stdout(), $($arg)*)? };
 }
 
-/// MonoVLM trainer: datasets, evaluation, Qwen2.5-VL models, SFT.
+/// MonoVLM trainer: datasets, evaluation, Qwen2.5-VL models, SFT and the GRPO curriculum.
 #[derive(Debug, Parser)]
 #[command(name = "monovlm-train", version, about)]
 struct Cli {
@@ -49,6 +49,11 @@ enum Command {
     /// Training and generation speed on a ~3M-parameter model (compare with
     /// scripts/reference/bench_qwen_torch.py).
     Bench(model_cmds::BenchArgs),
+    /// Run a training curriculum (SFT and GRPO stages from a TOML file) with evaluation after
+    /// each stage, atomic checkpoints and exact --resume.
+    Curriculum(model_cmds::CurriculumArgs),
+    /// The ablation table (Markdown) of finished curriculum runs.
+    Ablation(model_cmds::AblationArgs),
 }
 
 /// Arguments of `tokenizer`.
@@ -320,5 +325,7 @@ fn main() -> Result<()> {
         Command::Init(args) => model_cmds::init(args),
         Command::Sft(args) => model_cmds::sft(args),
         Command::Bench(args) => model_cmds::bench(args),
+        Command::Curriculum(args) => model_cmds::curriculum(args),
+        Command::Ablation(args) => model_cmds::ablation(args),
     }
 }

@@ -259,3 +259,142 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// Arguments of `curriculum`.
+#[derive(Debug, Args)]
+pub struct CurriculumArgs {
+    /// Curriculum file (TOML; recipes in trainer/recipes/).
+    #[arg(long)]
+    config: PathBuf,
+    /// Dataset root (Mono3DRefer layout).
+    #[arg(long)]
+    data: PathBuf,
+    /// Checkpoint the first stage starts from (with tokenizer.json).
+    #[arg(long)]
+    base: PathBuf,
+    /// Output directory (checkpoints, metrics.jsonl, eval.jsonl, plots/, summary.md).
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Use only the first N training records.
+    #[arg(long)]
+    train_examples: Option<usize>,
+    /// Device: cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// libtorch threads (0 = libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+}
+
+/// Arguments of `ablation`.
+#[derive(Debug, Args)]
+pub struct AblationArgs {
+    /// Runs as NAME=DIR=CONFIG (a curriculum output directory and its config), in table order.
+    #[arg(long = "run", required = true)]
+    runs: Vec<String>,
+}
+
+struct Bars {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl monovlm_trainer::curriculum::Observer for Bars {
+    fn stage_started(
+        &mut self,
+        index: usize,
+        stage: &monovlm_trainer::curriculum::StageConfig,
+        first_step: usize,
+    ) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        let bar = progress(stage.steps, &format!("{index}:{}", stage.name));
+        bar.set_position(first_step as u64);
+        self.bar = Some(bar);
+    }
+
+    fn step(&mut self, l: &monovlm_trainer::curriculum::MetricsLine) {
+        if let Some(b) = &self.bar {
+            b.inc(1);
+            match l.sft_loss {
+                Some(loss) => b.set_message(format!("{} loss {loss:.3}", l.stage_name)),
+                None => {
+                    b.set_message(format!("{} reward {:.3} kl {:.4}", l.stage_name, l.grpo.reward, l.grpo.kl))
+                }
+            }
+        }
+    }
+
+    fn evaluated(&mut self, e: &monovlm_trainer::curriculum::StageEval) {
+        let v = &e.val;
+        let line = format!(
+            "after stage {} {}: format {:.1}%  2D Acc@0.5 {:.1}%  3D Acc@0.25 {:.1}%  Acc@0.5 {:.1}%  mIoU {:.3}",
+            e.stage, e.stage_name, v.format_pct, v.acc2d_050_pct, v.acc3d_025_pct, v.acc3d_050_pct, v.miou_3d
+        );
+        match &self.bar {
+            Some(b) => b.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+}
+
+pub fn curriculum(args: &CurriculumArgs) -> Result<()> {
+    use monovlm_trainer::curriculum::{CurriculumConfig, RunInputs, run};
+    if args.threads > 0 {
+        tch::set_num_threads(args.threads);
+    }
+    let cfg = CurriculumConfig::from_file(&args.config)?;
+    let device = parse_device(&args.device)?;
+    let dataset = monovlm_trainer::data::mono3drefer::Dataset::load(&args.data, Strictness::Lenient)
+        .with_context(|| format!("loading {}", args.data.display()))?;
+    let tok = tokenizer::load(&args.base).context("the base checkpoint needs a tokenizer.json")?;
+    let pre = MonovlmMeta::read(&args.base)?.map(|m| m.preprocess_config()).unwrap_or_default();
+    let n_train = args.train_examples.unwrap_or(usize::MAX).min(dataset.records(Split::Train).len());
+    let bar = progress(n_train + cfg.val_examples, "preparing examples");
+    let train = build_examples(&dataset, Split::Train, &tok, &pre, Some(n_train), || bar.inc(1))?;
+    let val = build_examples(&dataset, Split::Val, &tok, &pre, Some(cfg.val_examples), || bar.inc(1))?;
+    bar.finish_and_clear();
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::copy(&args.config, args.out.join("curriculum.toml")).ok();
+    let inputs = RunInputs {
+        base: &args.base,
+        train: &train,
+        val: &val,
+        tokenizer: &tok,
+        out: &args.out,
+        device,
+        resume: args.resume,
+    };
+    let start = std::time::Instant::now();
+    let mut bars = Bars { bar: None };
+    let evals = run(&cfg, &inputs, &mut bars)?;
+    if let Some(b) = bars.bar.take() {
+        b.finish_and_clear();
+    }
+    let mut out = std::io::stdout();
+    writeln!(
+        out,
+        "curriculum done in {:.0} s; {} stages; outputs in {}",
+        start.elapsed().as_secs_f64(),
+        evals.len(),
+        args.out.display()
+    )?;
+    write!(out, "{}", std::fs::read_to_string(args.out.join("summary.md"))?)?;
+    Ok(())
+}
+
+pub fn ablation(args: &AblationArgs) -> Result<()> {
+    use monovlm_trainer::curriculum::{CurriculumConfig, ablation_table};
+    let mut runs = Vec::new();
+    for r in &args.runs {
+        let parts: Vec<&str> = r.splitn(3, '=').collect();
+        let [name, dir, config] = parts[..] else { bail!("--run {r:?}: expected NAME=DIR=CONFIG") };
+        let samples = CurriculumConfig::from_file(Path::new(config))?.samples();
+        runs.push((name.to_owned(), PathBuf::from(dir), samples));
+    }
+    write!(std::io::stdout(), "{}", ablation_table(&runs)?)?;
+    Ok(())
+}
