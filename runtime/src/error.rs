@@ -98,6 +98,15 @@ pub enum Error {
         message: String,
     },
 
+    /// A model file cannot be loaded into an ONNX Runtime session.
+    #[error("ONNX Runtime session for {path}: {message}")]
+    OrtSession {
+        /// The model file.
+        path: PathBuf,
+        /// ONNX Runtime's message.
+        message: String,
+    },
+
     // --- preprocessing ---
     /// An image (or a requested size) with a zero side.
     #[error("the image is empty ({width}x{height})")]

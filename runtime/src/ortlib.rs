@@ -91,6 +91,9 @@ impl From<&Failure> for Error {
 }
 
 static ORT: OnceLock<std::result::Result<OrtInfo, Failure>> = OnceLock::new();
+/// The process's ONNX Runtime environment. `ort` allows one per process and releases it when the
+/// last handle is dropped, so it is kept here for the sessions ([`crate::session`]).
+static ENVIRONMENT: OnceLock<ort::environment::Environment> = OnceLock::new();
 
 /// Loads ONNX Runtime once per process (later calls return the first outcome) and creates its
 /// global environment.
@@ -107,11 +110,24 @@ pub fn init() -> Result<&'static OrtInfo> {
         };
         let fail = |message: String| Failure::Init { path: path.clone(), message };
         let builder = ort::init_from(&path).map_err(|e| fail(e.to_string()))?;
-        builder.with_name("monovlm-edge").build().map_err(|e| fail(e.to_string()))?;
+        let environment = builder.with_name("monovlm-edge").build().map_err(|e| fail(e.to_string()))?;
+        let _ = ENVIRONMENT.set(environment);
         tracing::debug!(library = %path.display(), "ONNX Runtime loaded");
         Ok(OrtInfo { library: path, build_info: ort::info().to_owned() })
     });
     outcome.as_ref().map_err(Error::from)
+}
+
+/// The ONNX Runtime environment sessions are created in, loading the library first ([`init`]).
+///
+/// # Errors
+/// As [`init`].
+pub fn environment() -> Result<&'static ort::environment::Environment> {
+    let info = init()?;
+    ENVIRONMENT.get().ok_or_else(|| Error::OrtInit {
+        path: info.library.clone(),
+        message: "the ONNX Runtime environment was not kept".into(),
+    })
 }
 
 /// Whether an execution provider can be used.

@@ -132,3 +132,126 @@ pub fn bench_generate(model: &Qwen25Vl, samples: usize, greedy: bool, runs: usiz
         threads: tch::get_num_threads(),
     })
 }
+
+/// Shapes of the GRPO throughput benchmark (those of `scripts/reference/bench_grpo_trl.py`).
+#[derive(Clone, Debug, Serialize)]
+pub struct GrpoBenchShape {
+    /// Name (`2.9m`, `100k`).
+    pub name: &'static str,
+    /// The language model (the vision tower is the smallest the architecture allows and sees a
+    /// 56x56 image: one image token).
+    pub size: ModelSize,
+    /// Vocabulary.
+    pub vocab: i64,
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+}
+
+/// The two shapes of the issue: ~2.9M and ~100k parameters.
+pub fn grpo_bench_shapes() -> Vec<GrpoBenchShape> {
+    let tiny_vision = |mut s: ModelSize| {
+        s.vision_hidden = 16;
+        s.vision_depth = 1;
+        s.vision_heads = 1;
+        s.vision_intermediate = 16;
+        s.vision_fullatt = vec![0];
+        s
+    };
+    vec![
+        GrpoBenchShape {
+            name: "2.9m",
+            size: tiny_vision(ModelSize { intermediate: 704, ..ModelSize::bench_3m() }),
+            vocab: 2048,
+            prompt_tokens: 48,
+        },
+        GrpoBenchShape {
+            name: "100k",
+            size: tiny_vision(ModelSize {
+                hidden: 32,
+                layers: 2,
+                heads: 2,
+                kv_heads: 1,
+                intermediate: 64,
+                ..ModelSize::bench_3m()
+            }),
+            vocab: 2048,
+            prompt_tokens: 48,
+        },
+    ]
+}
+
+/// One GRPO step (8 prompts x 8 sampled answers x 32 new tokens, KL to a frozen reference, one
+/// update) on a random model of `shape`: median seconds of `steps` steps after one warm-up. The
+/// reward is the fraction of even token ids, like the trivial rewards of the Python anchor: it only
+/// has to vary within groups.
+///
+/// # Errors
+/// As [`crate::grpo::grpo_step`].
+pub fn bench_grpo(shape: &GrpoBenchShape, steps: usize) -> Result<BenchResult> {
+    use crate::grpo::reward::RewardParts;
+    use crate::grpo::{GrpoConfig, Reference, grpo_step};
+    use crate::train::grounding::Example;
+    use monovlm_calib::Intrinsics;
+    use monovlm_runtime::preprocess::{PreprocessConfig, preprocess_image};
+
+    let ids = SpecialIds {
+        image_pad: shape.vocab - 8,
+        video_pad: shape.vocab - 7,
+        vision_start: shape.vocab - 6,
+        vision_end: shape.vocab - 5,
+        im_end: shape.vocab - 1,
+        pad: shape.vocab - 2,
+    };
+    let config = shape.size.config(shape.vocab, &ids);
+    let model = Qwen25Vl::random(&config, Device::Cpu, Kind::Float, 0)?;
+    let reference = Reference::Frozen(Box::new(Qwen25Vl::random(&config, Device::Cpu, Kind::Float, 0)?));
+    let k = Intrinsics::new(50.0, 50.0, 28.0, 28.0, 56, 56)?;
+    let img = image::RgbImage::from_pixel(56, 56, image::Rgb([100, 120, 140]));
+    let pre = PreprocessConfig { min_pixels: 56 * 56, max_pixels: 56 * 56, ..PreprocessConfig::default() };
+    let image = std::sync::Arc::new(preprocess_image(&img, &k, &pre)?);
+    let label = monovlm_calib::kitti::KittiLabel::parse_line(
+        "Car 0 0 0 1 1 20 20 1.5 1.6 3.9 0 1.5 10 0",
+        "bench",
+        1,
+    )?;
+    let examples: Vec<Example> = (0..8)
+        .map(|i| {
+            let mut prompt = random_ids(shape.prompt_tokens - 3, 10 + i);
+            prompt.splice(0..0, [ids.vision_start, ids.image_pad, ids.vision_end]);
+            let key = crate::data::mono3drefer::SampleKey { instance_id: i as u64, ann_id: 0 };
+            let record =
+                crate::data::mono3drefer::Record::new("000000", key, "car", "the car", label.clone())?;
+            Ok(Example { record, prompt, target: vec![], image: std::sync::Arc::clone(&image) })
+        })
+        .collect::<Result<_>>()?;
+    let prompts: Vec<&Example> = examples.iter().collect();
+    let cfg = GrpoConfig {
+        group_size: 8,
+        prompts_per_step: 8,
+        max_new_tokens: 32,
+        updates_per_rollout: 1,
+        ..GrpoConfig::default()
+    };
+    let mut opt = AdamW::new(model.params(), AdamWConfig::default());
+    let mut score = |_: &Example, c: &crate::model::generate::Completion| {
+        let even = c.tokens.iter().filter(|&&t| t % 2 == 0).count() as f64 / c.tokens.len().max(1) as f64;
+        Ok(RewardParts { total: even, format: 1.0, ..RewardParts::default() })
+    };
+    let mut times = Vec::new();
+    for i in 0..steps + 1 {
+        tch::manual_seed(i as i64);
+        let t0 = Instant::now();
+        grpo_step(&model, &reference, &mut opt, 1e-5, &prompts, &[], &mut score, &cfg, i + 1)?;
+        if i >= 1 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let m = median(times);
+    Ok(BenchResult {
+        bench: "grpo_step",
+        tokens_per_s: (8 * 8 * 32) as f64 / m,
+        median_s: m,
+        params: model.params().numel(),
+        threads: tch::get_num_threads(),
+    })
+}

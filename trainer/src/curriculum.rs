@@ -21,7 +21,7 @@ use tokenizers::Tokenizer;
 
 use crate::checkpoint::{self, MonovlmMeta, SaveOptions, StageRecord, TrainState};
 use crate::grpo::reward::{RewardConfig, RewardKind};
-use crate::grpo::{GrpoConfig, Reference, StepMetrics, grpo_step};
+use crate::grpo::{GrpoConfig, Reference, StepMetrics, grounding_scorer, grpo_step};
 use crate::model::{LoraConfig, Qwen25Vl};
 use crate::train::grounding::Example;
 use crate::train::optim::{AdamW, AdamWConfig, CosineSchedule};
@@ -298,7 +298,8 @@ pub fn run(
     let mut evals = read_evals(out)?;
     evals.retain(|e| e.stage < stage_idx);
     let mut meta = MonovlmMeta::read(inputs.base)?.unwrap_or_else(|| MonovlmMeta::new(&Default::default()));
-    let pad = crate::model::presets::SpecialIds::of(inputs.tokenizer)?.pad;
+    let special = crate::model::presets::SpecialIds::of(inputs.tokenizer)?;
+    let (pad, stop) = (special.pad, special.im_end);
 
     while stage_idx < cfg.stages.len() {
         let stage = &cfg.stages[stage_idx];
@@ -380,14 +381,15 @@ pub fn run(
                     };
                     let reference =
                         reference.as_ref().ok_or_else(|| Error::InvalidConfig("no reference".into()))?;
+                    let mut score = grounding_scorer(inputs.tokenizer, &reward_cfg);
                     let m = grpo_step(
                         &model,
                         reference,
                         &mut opt,
                         lr,
-                        inputs.tokenizer,
                         &prompts,
-                        &reward_cfg,
+                        &[stop],
+                        &mut score,
                         &stage.grpo,
                         step + 1,
                     )?;

@@ -5,7 +5,7 @@
 mod common;
 
 use monovlm_trainer::grpo::reward::{RewardConfig, RewardKind};
-use monovlm_trainer::grpo::{GrpoConfig, Reference, grpo_step};
+use monovlm_trainer::grpo::{GrpoConfig, Reference, grounding_scorer, grpo_step};
 use monovlm_trainer::model::Qwen25Vl;
 use monovlm_trainer::train::optim::{AdamW, AdamWConfig};
 use monovlm_trainer::train::sft::{SftConfig, train_sft, validate};
@@ -62,8 +62,19 @@ fn grpo_raises_the_reward_of_an_sft_warmed_model() {
             .map(|i| &train[(step * cfg.prompts_per_step + i) % train.len()])
             .collect();
         tch::manual_seed(1000 + step as i64);
-        let m = grpo_step(&model, &reference, &mut opt, 3e-4, &tokenizer, &prompts, &reward, &cfg, step + 1)
-            .unwrap();
+        let mut score = grounding_scorer(&tokenizer, &reward);
+        let m = grpo_step(
+            &model,
+            &reference,
+            &mut opt,
+            3e-4,
+            &prompts,
+            &[ids.im_end],
+            &mut score,
+            &cfg,
+            step + 1,
+        )
+        .unwrap();
         if step % 5 == 0 {
             eprintln!(
                 "step {}: reward {:.3} iou2d {:.3} kl {:.4} clip {:.3} entropy {:.3} len {:.1} zero-spread {} ({:.1} s)",

@@ -17,7 +17,7 @@ use tokenizers::Tokenizer;
 
 use crate::model::Qwen25Vl;
 use crate::model::generate::{Completion, Sampling};
-use crate::train::grounding::{Example, decode, im_end_id};
+use crate::train::grounding::{Example, decode};
 use crate::train::optim::{AdamW, clip_grad_norm};
 use crate::{Error, Result};
 use reward::{RewardConfig, RewardParts, Target, reward};
@@ -189,8 +189,17 @@ pub fn target_of(example: &Example) -> Target {
     Target { box2d: example.resize_map().map_box(&example.record.label.bbox), box3d: example.record.box3d }
 }
 
-/// Runs one GRPO step: sample G answers for each prompt, score them, then take
-/// `updates_per_rollout` optimiser steps on the groups with signal.
+/// A scorer of grounding answers: decodes a completion and applies the stage's reward against the
+/// prompt's ground truth (what [`grpo_step`] takes in training).
+pub fn grounding_scorer<'a>(
+    tokenizer: &'a Tokenizer,
+    reward_cfg: &'a RewardConfig,
+) -> impl FnMut(&Example, &Completion) -> Result<RewardParts> + 'a {
+    move |ex, c| Ok(reward(&decode(tokenizer, &c.tokens)?, &target_of(ex), reward_cfg))
+}
+
+/// Runs one GRPO step: sample G answers for each prompt (stopping at `stop_tokens`), score each
+/// with `score`, then take `updates_per_rollout` optimiser steps on the groups with signal.
 ///
 /// # Errors
 /// As generation and the forward pass; [`Error::NonFinite`] for a NaN/inf reward, loss or
@@ -201,18 +210,17 @@ pub fn grpo_step(
     reference: &Reference,
     opt: &mut AdamW,
     lr: f64,
-    tokenizer: &Tokenizer,
     prompts: &[&Example],
-    reward_cfg: &RewardConfig,
+    stop_tokens: &[i64],
+    score: &mut dyn FnMut(&Example, &Completion) -> Result<RewardParts>,
     cfg: &GrpoConfig,
     step: usize,
 ) -> Result<StepMetrics> {
-    let stop = im_end_id(tokenizer)?;
     let sampling = Sampling {
         temperature: cfg.temperature,
         top_p: cfg.top_p,
         max_new_tokens: cfg.max_new_tokens,
-        stop_tokens: vec![stop],
+        stop_tokens: stop_tokens.to_vec(),
     };
     let mut m = StepMetrics { step, ..StepMetrics::default() };
     let t0 = Instant::now();
@@ -222,13 +230,11 @@ pub fn grpo_step(
     for ex in prompts {
         let (completions, stats) = model.generate(&ex.prompt(), cfg.group_size, &sampling)?;
         gen_tokens += stats.new_tokens;
-        let target = target_of(ex);
         let mut rewards = Vec::with_capacity(completions.len());
         for c in &completions {
-            let text = decode(tokenizer, &c.tokens)?;
-            let r = reward(&text, &target, reward_cfg);
+            let r = score(ex, c)?;
             if !r.total.is_finite() {
-                return Err(Error::NonFinite(format!("reward {} for {text:?}", r.total)));
+                return Err(Error::NonFinite(format!("reward {} at step {step}", r.total)));
             }
             rewards.push(r.total);
             all_parts.push(r);

@@ -1,0 +1,118 @@
+//! Export the tiny reference checkpoints and run the packages with ONNX Runtime against the golden
+//! outputs of transformers 5.23 (`trainer/tests/fixtures/qwen25vl/*/io.safetensors`): image
+//! features, prompt logits and 8 greedy tokens over the KV cache.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed expectation is a failed test
+
+use std::path::{Path, PathBuf};
+
+use monovlm_exporter::Precision;
+use monovlm_exporter::package::{ExportOptions, GraphFiles, export};
+use monovlm_exporter::validate::{PackageSessions, Reference, agreement, parity};
+
+/// fp32 parity bound for image features and logits, as the issue asks; the measured errors are
+/// around 1e-6 (float reassociation between ONNX Runtime's kernels and PyTorch's).
+const FP32_TOL: f32 = 1e-4;
+/// Single-threaded sessions: deterministic and fair to the other tests running beside.
+const THREADS: usize = 1;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../trainer/tests/fixtures/qwen25vl").join(name)
+}
+
+fn check(name: &str, opts: &ExportOptions) {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = dir.path().join("pkg");
+    let report = export(&fixture(name), &pkg, opts, &mut |_| {}).expect("export");
+    assert!(report.total_bytes() > 0);
+    let files = GraphFiles::for_precision(opts.precision);
+    let reference = Reference::read(&fixture(name).join("io.safetensors")).unwrap();
+    let mut decoders = vec![(pkg.join(&files.decoder), "fused")];
+    if opts.with_plain_decoder {
+        decoders.push((pkg.join(GraphFiles::plain_decoder(opts.precision)), "plain"));
+    }
+    for (decoder, label) in decoders {
+        let mut sessions =
+            PackageSessions::open(&pkg, &files, THREADS).unwrap().with_decoder(&decoder, THREADS).unwrap();
+        let p = parity(&mut sessions, &reference).unwrap();
+        println!(
+            "{name} {label}: vision {:.2e}, logits {:.2e} (scale {:.2}), greedy logits {:.2e}, tokens {:?} / {:?}",
+            p.vision_max_abs,
+            p.logits_max_abs,
+            p.logits_scale,
+            p.greedy_logits_max_abs,
+            p.tokens,
+            p.reference_tokens
+        );
+        assert!(p.vision_max_abs < FP32_TOL, "{name} {label}: vision {}", p.vision_max_abs);
+        assert!(
+            p.logits_max_abs < FP32_TOL * p.logits_scale.max(1.0),
+            "{name} {label}: logits {}",
+            p.logits_max_abs
+        );
+        assert!(p.greedy_logits_max_abs < FP32_TOL * p.logits_scale.max(1.0), "{name} {label}");
+        assert!(p.tokens_equal(), "{name} {label}: {:?} != {:?}", p.tokens, p.reference_tokens);
+    }
+}
+
+#[test]
+fn tiny_a_fp32_matches_transformers() {
+    check("tiny_a", &ExportOptions { with_plain_decoder: true, ..ExportOptions::default() });
+}
+
+#[test]
+fn tiny_b_fp32_matches_transformers() {
+    check("tiny_b", &ExportOptions { with_plain_decoder: true, ..ExportOptions::default() });
+}
+
+/// int4 on random tiny weights: the package is a third of the fp32 size, runs, and its logits stay
+/// within the fp32 logits' scale. Random 96-wide layers have no redundancy for 4-bit weights to hide
+/// in (their top-1/top-2 logit margins are ~0.04), so token agreement is reported (`--nocapture`),
+/// not asserted.
+#[test]
+fn tiny_b_int4_runs_close_to_fp32() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fp32, int4) = (dir.path().join("fp32"), dir.path().join("int4"));
+    export(&fixture("tiny_b"), &fp32, &ExportOptions::default(), &mut |_| {}).unwrap();
+    let opts = ExportOptions { precision: Precision::Int4, ..ExportOptions::default() };
+    let report = export(&fixture("tiny_b"), &int4, &opts, &mut |_| {}).unwrap();
+    let decoder = report.files.iter().find(|f| f.path == "onnx/decoder_model_merged_q4.onnx").unwrap();
+    let fp32_decoder = std::fs::metadata(fp32.join("onnx/decoder_model_merged.onnx")).unwrap().len();
+    assert!(decoder.bytes * 3 < fp32_decoder, "int4 decoder {} B vs fp32 {fp32_decoder} B", decoder.bytes);
+
+    let mut a = PackageSessions::open(&fp32, &GraphFiles::for_precision(Precision::Fp32), THREADS).unwrap();
+    let mut b = PackageSessions::open(&int4, &GraphFiles::for_precision(Precision::Int4), THREADS).unwrap();
+    let agree = agreement(&mut a, &mut b, 8, 4).unwrap();
+    println!("tiny_b int4 vs fp32: {agree:?}");
+    assert!(agree.logits_max_abs.is_finite() && agree.logits_max_abs < agree.logits_scale, "{agree:?}");
+}
+
+/// fp16 graphs are written with f16 weights and f16 interfaces (pixel_values and logits stay f32).
+/// They are not run here: ONNX Runtime 1.31.1's CPU provider crashes on the f16 decoder at full
+/// optimisation (`scripts/reference/onnx_check.py` runs them at the extended level).
+#[test]
+fn fp16_graphs_have_f16_weights_and_interfaces() {
+    use monovlm_exporter::onnx::proto::{DataType, ModelProto, TypeProtoValue};
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = dir.path().join("pkg");
+    let opts = ExportOptions { precision: Precision::Fp16, ..ExportOptions::default() };
+    export(&fixture("tiny_a"), &pkg, &opts, &mut |_| {}).unwrap();
+    let files = GraphFiles::for_precision(Precision::Fp16);
+    let elem = |m: &ModelProto, name: &str| {
+        let g = m.graph.as_ref().unwrap();
+        let v = g.input.iter().chain(&g.output).find(|v| v.name == name).unwrap();
+        match v.r#type.as_ref().unwrap().value.as_ref().unwrap() {
+            TypeProtoValue::TensorType(t) => t.elem_type,
+        }
+    };
+    let decoder = ModelProto::decode(std::fs::read(pkg.join(&files.decoder)).unwrap().as_slice()).unwrap();
+    assert_eq!(elem(&decoder, "inputs_embeds"), DataType::Float16 as i32);
+    assert_eq!(elem(&decoder, "present.1.value"), DataType::Float16 as i32);
+    assert_eq!(elem(&decoder, "logits"), DataType::Float as i32);
+    let weights = decoder.graph.as_ref().unwrap().initializer.iter().filter(|t| t.raw_data.len() > 256);
+    assert!(weights.clone().count() > 0 && weights.clone().all(|t| t.data_type == DataType::Float16 as i32));
+    let vision =
+        ModelProto::decode(std::fs::read(pkg.join(&files.vision_encoder)).unwrap().as_slice()).unwrap();
+    assert_eq!(elem(&vision, "pixel_values"), DataType::Float as i32);
+    assert_eq!(elem(&vision, "image_features"), DataType::Float16 as i32);
+}
