@@ -139,7 +139,7 @@ pub struct GrpoBenchShape {
     /// Name (`2.9m`, `100k`).
     pub name: &'static str,
     /// The language model (the vision tower is the smallest the architecture allows and sees a
-    /// 56x56 image: one image token).
+    /// 56x56 image: four image tokens).
     pub size: ModelSize,
     /// Vocabulary.
     pub vocab: i64,
@@ -216,8 +216,13 @@ pub fn bench_grpo(shape: &GrpoBenchShape, steps: usize) -> Result<BenchResult> {
     )?;
     let examples: Vec<Example> = (0..8)
         .map(|i| {
-            let mut prompt = random_ids(shape.prompt_tokens - 3, 10 + i);
-            prompt.splice(0..0, [ids.vision_start, ids.image_pad, ids.vision_end]);
+            let pads = image.num_image_tokens;
+            let mut prompt = random_ids(shape.prompt_tokens - 2 - pads, 10 + i);
+            let head: Vec<i64> = std::iter::once(ids.vision_start)
+                .chain(std::iter::repeat_n(ids.image_pad, pads))
+                .chain([ids.vision_end])
+                .collect();
+            prompt.splice(0..0, head);
             let key = crate::data::mono3drefer::SampleKey { instance_id: i as u64, ann_id: 0 };
             let record =
                 crate::data::mono3drefer::Record::new("000000", key, "car", "the car", label.clone())?;

@@ -143,3 +143,28 @@ fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Scoring G answers with the prompt encoded once equals scoring the G full sequences.
+#[test]
+fn shared_prompt_logprobs_equal_full_sequences() {
+    use monovlm_trainer::train::target_logprobs;
+    let model = Qwen25Vl::load(&fixture(), Device::Cpu, Kind::Float).unwrap();
+    let (tokens, pixels, grids) = inputs();
+    let answers: Vec<Vec<i64>> = vec![vec![7, 8, 9, 504], vec![11], vec![3, 1, 4, 1, 5, 9]];
+    let (shared, shared_ent) =
+        tch::no_grad(|| model.answers_logprobs(&tokens, Some(&pixels), &grids, &answers, 0.7)).unwrap();
+    let seqs: Vec<Sequence> = answers
+        .iter()
+        .map(|a| Sequence {
+            prompt: tokens.clone(),
+            target: a.clone(),
+            pixel_values: Some(pixels.shallow_clone()),
+            grids: grids.clone(),
+        })
+        .collect();
+    let batch = Batch::new(&model, &seqs, 505).unwrap();
+    let (full, full_ent) = tch::no_grad(|| target_logprobs(&model, &batch, 0.7)).unwrap();
+    assert_eq!(shared.size(), [11]);
+    assert!(max_diff(&shared, &full) < 1e-5, "{}", max_diff(&shared, &full));
+    assert!(max_diff(&shared_ent, &full_ent) < 1e-5);
+}

@@ -328,24 +328,18 @@ pub fn grpo_step(
     Ok(m)
 }
 
-/// Log-probs and entropies of a group's sampled tokens (all G answers, in order), with the image
-/// encoded once for the group.
+/// Log-probs and entropies of a group's sampled tokens (all G answers, in order), with the prompt
+/// and its image encoded once for the group.
 fn group_logprobs(model: &Qwen25Vl, g: &Group<'_>, temperature: f64) -> Result<(Tensor, Tensor)> {
-    use crate::train::{Batch, Sequence, target_logprobs};
-    let seqs: Vec<Sequence> = g
-        .completions
-        .iter()
-        .map(|c| Sequence {
-            prompt: g.example.prompt.clone(),
-            target: c.tokens.clone(),
-            pixel_values: None,
-            grids: vec![],
-        })
-        .collect();
-    let pad = model.config().pad_token_id.unwrap_or(0);
-    let batch =
-        Batch::with_shared_image(model, &seqs, pad, g.example.pixel_values(), g.example.image.grid_thw)?;
-    target_logprobs(model, &batch, temperature)
+    let answers: Vec<Vec<i64>> = g.completions.iter().map(|c| c.tokens.clone()).collect();
+    let pixels = g.example.pixel_values();
+    model.answers_logprobs(
+        &g.example.prompt,
+        Some(&pixels),
+        &[g.example.image.grid_thw],
+        &answers,
+        temperature,
+    )
 }
 
 #[cfg(test)]

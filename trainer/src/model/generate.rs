@@ -99,7 +99,7 @@ impl Qwen25Vl {
         let fused = self.fused_decoder();
         let mut prefill_cache = self.new_cache(1, s);
         let hidden = self.decode_fused(&embeds, &pos.unsqueeze(1), &mut prefill_cache, &fused);
-        let last = self.logits(&hidden.narrow(1, s - 1, 1).squeeze_dim(1)).to_kind(Kind::Float); // [1, V]
+        let last = self.answer_logits(&hidden.narrow(1, s - 1, 1).squeeze_dim(1)); // [1, V]
         let g = samples as i64;
         let mut cache = prefill_cache.repeat_rows(g, capacity);
         drop(prefill_cache);
@@ -144,7 +144,7 @@ impl Qwen25Vl {
             let p = s + step as i64 + delta;
             let pos = Tensor::full([3, b, 1], p, (Kind::Int64, self.device));
             let hidden = self.decode_fused(&embeds, &pos, &mut cache, &fused);
-            logits = self.logits(&hidden.squeeze_dim(1)).to_kind(Kind::Float);
+            logits = self.answer_logits(&hidden.squeeze_dim(1));
         }
         let new_tokens = out.iter().map(|c| c.tokens.len()).sum();
         Ok((out, GenerateStats { prefill_s, decode_s: t1.elapsed().as_secs_f64(), new_tokens }))

@@ -275,6 +275,20 @@ impl Qwen25Vl {
         hidden.linear::<&Tensor>(self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None)
     }
 
+    /// Logits for choosing answer tokens: [`Self::logits`] with `<|image_pad|>` and
+    /// `<|video_pad|>` at -inf. Those ids stand for image features and are never text; a sampled
+    /// one would make the sequence unreadable as a prompt + answer. Generation samples from these
+    /// and GRPO scores log-probabilities with them, so both see the same distribution.
+    pub fn answer_logits(&self, hidden: &Tensor) -> Tensor {
+        let logits = self.logits(hidden).to_kind(Kind::Float);
+        let v = self.config.text.vocab_size;
+        let banned: Vec<i64> = [self.config.image_token_id, self.config.video_token_id]
+            .into_iter()
+            .filter(|&t| (0..v).contains(&t))
+            .collect();
+        logits.index_fill(-1, &Tensor::from_slice(&banned).to_device(logits.device()), f64::NEG_INFINITY)
+    }
+
     /// Decoder forward (see [`text::TextModel::forward`]): `embeds [B, S, D]`, `position_ids
     /// [3, B, S]` -> final hidden states `[B, S, D]`.
     pub fn decode(
@@ -301,6 +315,68 @@ impl Qwen25Vl {
     /// Fused decoder weights for [`Self::decode_fused`].
     pub(crate) fn fused_decoder(&self) -> Vec<text::FusedLayer> {
         self.text.fused()
+    }
+
+    /// Log-probabilities (under `answer_logits / temperature`) and entropies of the tokens of
+    /// several answers to one prompt, concatenated in order: the prompt (with its image) is encoded
+    /// once and shared, with gradients ([`text::TextModel::forward_prefix_suffix`]).
+    ///
+    /// # Errors
+    /// [`Error::ModelInput`] for an empty answer list or inconsistent image inputs.
+    pub fn answers_logprobs(
+        &self,
+        prompt: &[i64],
+        pixel_values: Option<&Tensor>,
+        grids: &[[usize; 3]],
+        answers: &[Vec<i64>],
+        temperature: f64,
+    ) -> Result<(Tensor, Tensor)> {
+        let longest = answers.iter().map(Vec::len).max().unwrap_or(0);
+        if longest == 0 || prompt.is_empty() {
+            return Err(Error::ModelInput("answers_logprobs needs a prompt and a non-empty answer".into()));
+        }
+        let features = match pixel_values {
+            Some(p) => Some(self.image_features(p, grids)?),
+            None => None,
+        };
+        let (p_len, g, s_len) = (prompt.len() as i64, answers.len() as i64, longest as i64);
+        let prefix = self.embed(&Tensor::from_slice(prompt).unsqueeze(0), features.as_ref())?;
+        let (prefix_pos, delta) = self.position_ids(prompt, grids)?;
+        let pad = self.config.pad_token_id.unwrap_or(0).clamp(0, self.config.text.vocab_size - 1);
+        let mut ids = vec![pad; answers.len() * longest];
+        for (r, a) in answers.iter().enumerate() {
+            ids[r * longest..r * longest + a.len()].copy_from_slice(a);
+        }
+        let ids = Tensor::from_slice(&ids).reshape([g, s_len]);
+        let suffix = self.embed_generated(&ids);
+        let suffix_pos = (Tensor::arange(s_len, (Kind::Int64, self.device)) + (p_len + delta))
+            .view([1, 1, s_len])
+            .expand([3, g, s_len], true);
+        let (hp, hs) = self.text.forward_prefix_suffix(
+            &prefix,
+            &prefix_pos.unsqueeze(1).to_device(self.device),
+            &suffix,
+            &suffix_pos,
+        );
+        // Token j of an answer is predicted by the state before it: the prompt's last, then the answer's.
+        let last_prompt = hp.narrow(1, p_len - 1, 1).expand([g, 1, hp.size()[2]], false);
+        let before = Tensor::cat(&[last_prompt, hs.narrow(1, 0, s_len - 1)], 1); // [G, S, D]
+        let rows: Vec<i64> = answers
+            .iter()
+            .enumerate()
+            .flat_map(|(r, a)| (0..a.len() as i64).map(move |j| r as i64 * s_len + j))
+            .collect();
+        let rows = Tensor::from_slice(&rows).to_device(self.device);
+        let d = before.size()[2];
+        let h = before.reshape([g * s_len, d]).index_select(0, &rows);
+        let targets = ids.to_device(self.device).reshape([-1]).index_select(0, &rows);
+        let logp_all = (self.answer_logits(&h) / temperature).log_softmax(-1, Kind::Float);
+        let taken = logp_all.gather(1, &targets.unsqueeze(1), false).squeeze_dim(1);
+        // Banned ids have logp = -inf and p = 0: their 0 * -inf terms count as 0.
+        let entropy = -(logp_all.exp() * &logp_all)
+            .nan_to_num(0.0, None::<f64>, None::<f64>)
+            .sum_dim_intlist(-1, false, Kind::Float);
+        Ok((taken, entropy))
     }
 
     /// An empty KV cache.

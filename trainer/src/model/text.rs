@@ -216,6 +216,77 @@ impl TextModel {
         self.forward_with(embeds, position_ids, cache, key_padding, None)
     }
 
+    /// One prompt shared by `G` continuations, with gradients: the prompt `prefix [1, P, D]` at
+    /// positions `prefix_pos [3, 1, P]` is computed once and the continuations `suffix [G, S, D]`
+    /// at `suffix_pos [3, G, S]` attend to its keys/values (broadcast, not copied per row) and
+    /// causally to their own. Equal to running the G concatenated sequences, with the prompt's work
+    /// done once. Returns the final hidden states of the prefix `[1, P, D]` and suffix `[G, S, D]`.
+    pub fn forward_prefix_suffix(
+        &self,
+        prefix: &Tensor,
+        prefix_pos: &Tensor,
+        suffix: &Tensor,
+        suffix_pos: &Tensor,
+    ) -> (Tensor, Tensor) {
+        let (p_len, g, s_len) = (prefix.size()[1], suffix.size()[0], suffix.size()[1]);
+        let heads = self.cfg.num_attention_heads;
+        let kv_heads = self.cfg.num_key_value_heads;
+        let hd = self.cfg.head_dim();
+        let (cos_p, sin_p) = self.rotary(prefix_pos, prefix.kind());
+        let (cos_s, sin_s) = self.rotary(suffix_pos, suffix.kind());
+        let dev = suffix.device();
+        // Suffix query i sees the whole prefix and suffix keys 0..=i.
+        let q_pos = Tensor::arange(s_len, (Kind::Int64, dev)).unsqueeze(1);
+        let k_pos = Tensor::arange(s_len, (Kind::Int64, dev)).unsqueeze(0);
+        let own = k_pos.le_tensor(&q_pos);
+        let mask =
+            Tensor::cat(&[Tensor::ones([s_len, p_len], (Kind::Bool, dev)), own], 1).unsqueeze(0).unsqueeze(0);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let gqa = heads > kv_heads;
+        let project = |layer: &Layer, x: &Tensor, b: i64, n: i64, cos: &Tensor, sin: &Tensor| {
+            let y = layer.input_norm.forward(x);
+            let q = layer.q.forward(&y).view([b, n, heads, hd]).transpose(1, 2);
+            let k = layer.k.forward(&y).view([b, n, kv_heads, hd]).transpose(1, 2);
+            let v = layer.v.forward(&y).view([b, n, kv_heads, hd]).transpose(1, 2);
+            (apply_rotary(&q, cos, sin), apply_rotary(&k, cos, sin), v)
+        };
+        let finish = |layer: &Layer, x: &Tensor, attn: &Tensor, b: i64, n: i64| {
+            let x = x + layer.o.forward(&attn.transpose(1, 2).reshape([b, n, heads * hd]));
+            let y = layer.post_norm.forward(&x);
+            &x + layer.down.forward(&(layer.gate.forward(&y).silu() * layer.up.forward(&y)))
+        };
+        let (mut xp, mut xs) = (prefix.shallow_clone(), suffix.shallow_clone());
+        for layer in &self.layers {
+            let (qp, kp, vp) = project(layer, &xp, 1, p_len, &cos_p, &sin_p);
+            let (qs, ks, vs) = project(layer, &xs, g, s_len, &cos_s, &sin_s);
+            let attn_p = Tensor::scaled_dot_product_attention::<&Tensor>(
+                &qp,
+                &kp,
+                &vp,
+                None,
+                0.0,
+                p_len > 1,
+                scale,
+                gqa,
+            );
+            let k_all = Tensor::cat(&[kp.expand([g, kv_heads, p_len, hd], false), ks], 2);
+            let v_all = Tensor::cat(&[vp.expand([g, kv_heads, p_len, hd], false), vs], 2);
+            let attn_s = Tensor::scaled_dot_product_attention(
+                &qs,
+                &k_all,
+                &v_all,
+                Some(&mask),
+                0.0,
+                false,
+                scale,
+                gqa,
+            );
+            xp = finish(layer, &xp, &attn_p, 1, p_len);
+            xs = finish(layer, &xs, &attn_s, g, s_len);
+        }
+        (self.norm.forward(&xp), self.norm.forward(&xs))
+    }
+
     /// [`Self::forward`] with the layers' weights taken from `fused` (see [`Self::fused`]) when
     /// given: the same function, computed with fewer kernels.
     pub(crate) fn forward_with(

@@ -169,9 +169,14 @@ pub fn target_logprobs(model: &Qwen25Vl, batch: &Batch, temperature: f64) -> Res
     if rows.size()[0] == 0 {
         return Err(Error::ModelInput("no supervised tokens in the batch".into()));
     }
-    let logits = model.logits(&h.index_select(0, &rows)).to_kind(Kind::Float) / temperature;
+    let logits = model.answer_logits(&h.index_select(0, &rows)) / temperature;
     let logp_all = logits.log_softmax(-1, Kind::Float);
     let taken = logp_all.gather(1, &targets.index_select(0, &rows).unsqueeze(1), false).squeeze_dim(1);
-    let entropy = -(logp_all.exp() * &logp_all).sum_dim_intlist(-1, false, Kind::Float);
+    // Banned ids have logp = -inf and p = 0: their 0 * -inf terms count as 0.
+    let entropy = -(logp_all.exp() * &logp_all).nan_to_num(0.0, None::<f64>, None::<f64>).sum_dim_intlist(
+        -1,
+        false,
+        Kind::Float,
+    );
     Ok((taken, entropy))
 }

@@ -106,6 +106,10 @@ pub struct BenchArgs {
     /// Generation runs measured (after 1 warm-up).
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Also time GRPO steps (8 prompts x 8 answers x 32 tokens) on ~2.9M and ~100k models, the
+    /// shapes of scripts/reference/bench_grpo_trl.py.
+    #[arg(long)]
+    grpo: bool,
 }
 
 pub fn init(args: &InitArgs) -> Result<()> {
@@ -256,6 +260,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         bench::bench_generate(&model, 1, true, args.runs)?,
     ] {
         writeln!(out, "{}", serde_json::to_string(&r)?)?;
+    }
+    if args.grpo {
+        for shape in bench::grpo_bench_shapes() {
+            let r = bench::bench_grpo(&shape, args.runs)?;
+            writeln!(out, "{}", serde_json::json!({"shape": shape.name, "result": r}))?;
+        }
     }
     Ok(())
 }
