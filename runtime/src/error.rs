@@ -150,6 +150,61 @@ pub enum Error {
         reason: &'static str,
     },
 
+    // --- model packages (runtime::package) ---
+    /// A file of a model package is missing, unreadable or wrong.
+    #[error("model package {}: {problem}", .path.display())]
+    Package {
+        /// The file (or directory) at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+
+    // --- execution providers and inference (runtime::session, runtime::grounder) ---
+    /// A `--device` entry that names no execution provider.
+    #[error("unknown device '{0}': expected a comma-separated list of trt, cuda, cpu")]
+    UnknownDevice(String),
+    /// No execution provider of the requested list could open a graph.
+    #[error("no execution provider could open {}: {reasons}", .path.display())]
+    NoProvider {
+        /// The model file.
+        path: PathBuf,
+        /// Why each provider failed.
+        reasons: String,
+    },
+    /// A graph failed while running, or returned something the contract does not describe.
+    #[error("inference ({graph}): {message}")]
+    Inference {
+        /// `vision_encoder`, `embed_tokens` or `decoder`.
+        graph: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// Tokenising or detokenising failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    // --- frames (runtime::source) ---
+    /// An image file that cannot be read or decoded.
+    #[error("image {}: {message}", .path.display())]
+    Image {
+        /// The file.
+        path: PathBuf,
+        /// The decoder's or the file system's message.
+        message: String,
+    },
+    /// A frame source that cannot be opened or read (directory, intrinsics, camera).
+    #[error("frame source {source_name}: {message}")]
+    Source {
+        /// The directory, file or device.
+        source_name: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A camera buffer that does not hold a frame of the announced format and size.
+    #[error("camera buffer: {0}")]
+    PixelFormat(String),
+
     // --- geometry ---
     /// An error from the geometry crate (invalid intrinsics, boxes, ...).
     #[error(transparent)]

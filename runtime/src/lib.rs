@@ -3,15 +3,21 @@
 //! Owns what runs on the vehicle computer: the prompt/answer protocol shared with the trainer
 //! ([`protocol`]), loading ONNX Runtime ([`ortlib`]), image preprocessing identical to the
 //! Qwen2.5-VL processor and the vision encoder's index tensors ([`preprocess`], shared with the
-//! trainer), ONNX Runtime sessions on the CPU ([`session`]), and — as they land — the model
-//! package, the execution-provider order (TensorRT -> CUDA -> CPU), the grounding API, frame sources
-//! and the daemon. It never depends on libtorch.
+//! trainer), model packages ([`package`]), ONNX Runtime sessions in the execution-provider order
+//! TensorRT -> CUDA -> CPU ([`session`]), the grounding API ([`grounder`]), frame sources
+//! ([`source`], V4L2 capture in [`camera`], camera pixel formats in [`pixfmt`]) and the `monovlm-edge` binary. It never
+//! depends on libtorch.
 
+pub mod camera;
 mod error;
+pub mod grounder;
 pub mod model_config;
 pub mod ortlib;
+pub mod package;
+pub mod pixfmt;
 pub mod preprocess;
 pub mod protocol;
 pub mod session;
+pub mod source;
 
 pub use error::{Error, Result};

@@ -18,9 +18,12 @@ median_score_s, the rest of _generate_and_score_completions (rewards, advantages
 num_iterations=2, the old-log-prob forward); the update is the step minus both.
 With num_iterations=2 a rollout batch is trained on twice: the first step of each pair also generates and runs an
 extra no-grad forward for the old log-probs; the second only updates. Its JSON line adds the medians of both kinds
-of step and of a whole rollout (the sum of its 2 steps).
+of step and of a whole rollout (the sum of its 2 steps); its median_step_s mixes the two kinds of step, so
+median_rollout_s / 2 is the cost per optimizer step to compare.
 Each run: 2 warm-up steps, then the median over --steps (default 6) measured steps; both are rounded up to whole
-rollouts. Another process using the CPU slows a run down: each line records the 1-minute load average.
+rollouts. Another process using the CPU slows a run down: each line records the 1-minute load average and
+cpu_per_wall, the CPU time of this process over the wall time of the measured steps (about 1.0 when it had a core
+to itself).
 
 Models (random init, seed 0, sdpa attention, float32, tied embeddings, rope theta 1e6, saved to a temporary
 directory so that trl loads the reference model from the same weights):
@@ -28,7 +31,7 @@ directory so that trl loads the reference model from the same weights):
         (the text tower of the Rust ModelSize::bench_3m).
   100k  hidden 32, 2 layers, 2 heads / 1 kv head (head_dim 16), intermediate 64, vocab 2560: 100,640 params.
 Tokenizer: a word-level `tokenizers` model whose vocabulary is <pad>=0, <eos>=1 and the words t2 .. t{V-1},
-wrapped as a PreTrainedTokenizerFast (no chat template, no BOS). Each prompt is --prompt-tokens (default 64)
+wrapped as a PreTrainedTokenizerFast (no chat template, no BOS). Each prompt is --prompt-tokens (default 32)
 random words, so every prompt has exactly that many tokens and no padding is needed.
 
 Versions: python 3.11, torch==2.13.0 (CUDA build, run on CPU), transformers==5.23.0, trl==1.16.0,
@@ -36,7 +39,7 @@ datasets==5.2.0, accelerate==1.15.0 (the .cache/pyhf environment; `pip install t
 
 Usage (one JSON line per run on stdout, also written as JSON lines to --json FILE; about 2 minutes):
     .cache/pyhf/bin/python scripts/reference/bench_grpo_trl.py [--json out.jsonl]
-        [--configs 2.9m 100k] [--iterations 1 2] [--steps 6] [--prompt-tokens 64]
+        [--configs 2.9m 100k] [--iterations 1 2] [--steps 6] [--prompt-tokens 32]
 """
 import argparse
 import json
@@ -124,14 +127,17 @@ def time_method(obj, name, log):
 
 
 class StepTimer(TrainerCallback):
+    """Wall time (and CPU time of this process) of each optimizer step."""
+
     def __init__(self):
-        self.t0, self.times = None, []
+        self.t0, self.c0, self.times, self.cpu = None, None, [], []
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self.t0 = time.perf_counter()
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
 
     def on_step_end(self, args, state, control, **kwargs):
         self.times.append(time.perf_counter() - self.t0)
+        self.cpu.append(time.process_time() - self.c0)
 
 
 def bench(name, iterations, steps, prompt_tokens, workdir):
@@ -168,24 +174,23 @@ def bench(name, iterations, steps, prompt_tokens, workdir):
     trainer.train()
     times = timer.times[warmup:]
     assert len(times) == total - warmup, (len(timer.times), total)
-    completion_len = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
-    assert all(abs(c - NEW_TOKENS) < 1e-6 for c in completion_len), completion_len
+    lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
+    assert lengths and all(n == NEW_TOKENS for n in lengths), lengths  # every completion has exactly 32 tokens
+    n = warmup // iterations  # warm-up rollouts
     out = {"bench": "trl_grpo", "config": name, "params": params, "prompts": PROMPTS, "generations": GENERATIONS,
            "new_tokens": NEW_TOKENS, "prompt_tokens": prompt_tokens, "num_iterations": iterations,
            "loss_type": args.loss_type, "beta": args.beta, "median_step_s": statistics.median(times),
-           "steps": len(times)}
-    n = warmup // iterations
-    out["median_generate_s"] = statistics.median(generate_s[n:])
-    out["median_score_s"] = statistics.median(r - g for r, g in zip(rollout_s[n:], generate_s[n:]))
+           "min_step_s": min(times), "steps": len(times),
+           "median_generate_s": statistics.median(generate_s[n:]),
+           "median_score_s": statistics.median(r - g for r, g in zip(rollout_s[n:], generate_s[n:]))}
     if iterations > 1:
         rollouts = [times[i:i + iterations] for i in range(0, len(times), iterations)]
-        out["median_generate_step_s"] = statistics.median(r[0] for r in rollouts)
-        out["median_reuse_step_s"] = statistics.median(t for r in rollouts for t in r[1:])
-        out["median_rollout_s"] = statistics.median(sum(r) for r in rollouts)
-        out["rollouts"] = len(rollouts)
-    out.update({"min_step_s": min(times), "attn": "sdpa", "trl": trl.__version__,
-                "transformers": transformers.__version__, "torch": torch.__version__, "python": platform.python_version(),
-                "threads": torch.get_num_threads(), "loadavg_1m": os.getloadavg()[0]})
+        out.update({"median_generate_step_s": statistics.median(r[0] for r in rollouts),
+                    "median_reuse_step_s": statistics.median(t for r in rollouts for t in r[1:]),
+                    "median_rollout_s": statistics.median(sum(r) for r in rollouts), "rollouts": len(rollouts)})
+    out.update({"model": shape, "attn": "sdpa", "trl": trl.__version__, "transformers": transformers.__version__,
+                "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+                "cpu_per_wall": sum(timer.cpu[warmup:]) / sum(times), "loadavg_1m": os.getloadavg()[0]})
     return out
 
 
@@ -195,7 +200,7 @@ def main():
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--iterations", nargs="+", type=int, default=[1, 2], help="num_iterations values to run")
     ap.add_argument("--steps", type=int, default=6, help="measured optimizer steps after 2 warm-up steps")
-    ap.add_argument("--prompt-tokens", type=int, default=64)
+    ap.add_argument("--prompt-tokens", type=int, default=32, help="tokens per prompt")
     args = ap.parse_args()
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

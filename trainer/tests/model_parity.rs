@@ -57,8 +57,11 @@ fn check(name: &str) {
     let (out, _) = model.generate(&prompt, 1, &sampling).unwrap();
     let expected_tokens: Vec<i64> = Vec::try_from(&io["greedy_tokens"]).unwrap();
     assert_eq!(out[0].tokens, expected_tokens, "{name}: greedy tokens");
-    // Each step's log-probability equals log_softmax of transformers' step logits at the token.
-    let step_logp = io["greedy_logits"].log_softmax(-1, Kind::Float);
+    // Each step's log-probability equals log_softmax of transformers' step logits at the token,
+    // over the ids an answer may hold (`<|image_pad|>` and `<|video_pad|>` are never sampled).
+    let banned = Tensor::from_slice(&[model.config().image_token_id, model.config().video_token_id]);
+    let step_logp =
+        io["greedy_logits"].index_fill(-1, &banned, f64::NEG_INFINITY).log_softmax(-1, Kind::Float);
     for (i, (&tok, &lp)) in out[0].tokens.iter().zip(&out[0].logprobs).enumerate() {
         let want = step_logp.double_value(&[i as i64, tok]);
         assert!((want - f64::from(lp)).abs() < 1e-4, "{name}: step {i} logprob {lp} vs {want}");

@@ -1,14 +1,36 @@
 //! `monovlm-edge`: ground referring expressions in 3D from a camera, on the vehicle.
+//!
+//! One JSON line per frame and query on stdout; logs on stderr.
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use monovlm_calib::Intrinsics;
+use monovlm_calib::formats::{ReadOptions, read_intrinsics};
+use monovlm_runtime::camera::{CameraConfig, V4l2Camera};
+use monovlm_runtime::grounder::{Grounder, GrounderOptions, Timings};
+use monovlm_runtime::protocol::Query;
+use monovlm_runtime::session::{SessionOptions, parse_devices};
+use monovlm_runtime::source::{FrameSource, ImageDir, SingleImage, demo_sequence};
 use monovlm_runtime::{ortlib, protocol};
 
 #[derive(Parser)]
-#[command(version, about = "Where, in metres, is the object a person describes? (MonoVLM on ONNX Runtime)")]
+#[command(
+    about = "Where, in metres, is the object a person describes? (MonoVLM on ONNX Runtime)",
+    disable_version_flag = true,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    /// Print the version, the ONNX Runtime library and the execution providers usable here.
+    #[arg(short = 'V', long)]
+    version: bool,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Subcommand)]
@@ -18,8 +40,71 @@ enum Command {
     Info {
         /// Directory holding model packages.
         #[arg(long, default_value = "models")]
-        models: std::path::PathBuf,
+        models: PathBuf,
     },
+    /// Ground the queries on N frames and print the latency breakdown (mean and median).
+    Bench {
+        #[command(flatten)]
+        run: Box<RunArgs>,
+        /// Frames to time (the source is replayed as often as needed).
+        #[arg(long, default_value_t = 10)]
+        frames: usize,
+        /// Untimed frames first (session warm-up).
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+    },
+}
+
+#[derive(Args, Clone, Debug, Default)]
+struct RunArgs {
+    /// V4L2 camera device, e.g. /dev/video0.
+    #[arg(long, group = "input")]
+    camera: Option<PathBuf>,
+    /// Directory of images (plain, or the KITTI layout image_2/ + calib/).
+    #[arg(long, group = "input")]
+    images: Option<PathBuf>,
+    /// One image file.
+    #[arg(long, group = "input")]
+    image: Option<PathBuf>,
+    /// Demo sequence directory.
+    #[arg(long, group = "input")]
+    demo: Option<PathBuf>,
+    /// Camera intrinsics file (OpenCV YAML, ROS camera_info or KITTI calib; detected).
+    #[arg(long)]
+    intrinsics: Option<PathBuf>,
+    /// Model package directory (default: the first package under models/).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// A referring expression (repeat for several; all are grounded on every frame).
+    #[arg(long = "query")]
+    queries: Vec<String>,
+    /// Execution providers in preference order, comma-separated: trt, cuda, cpu.
+    #[arg(long, default_value = "trt,cuda,cpu")]
+    device: String,
+    /// Stop after this many frames.
+    #[arg(long)]
+    max_frames: Option<u64>,
+    /// Threads per ONNX Runtime operator (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Threads across independent ONNX Runtime operators (0: ONNX Runtime's default).
+    #[arg(long, default_value_t = 0)]
+    inter_threads: usize,
+    /// Tokens generated per query at most.
+    #[arg(long, default_value_t = monovlm_runtime::grounder::DEFAULT_MAX_NEW_TOKENS)]
+    max_new_tokens: usize,
+    /// Decode a frame's queries one after the other instead of as one batch.
+    #[arg(long)]
+    no_batch: bool,
+    /// Camera resolution to ask for, WIDTHxHEIGHT.
+    #[arg(long, default_value = "1280x720")]
+    camera_size: String,
+    /// Camera frame rate to ask for, frames per second.
+    #[arg(long, default_value_t = 30)]
+    fps: u32,
+    /// TensorRT engine and timing cache directory.
+    #[arg(long, default_value = ".cache/tensorrt")]
+    trt_cache: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,12 +115,36 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn")),
         )
         .init();
-    match Cli::parse().command {
-        Command::Info { models } => info(&models),
+    let cli = Cli::parse();
+    if cli.version {
+        return version();
+    }
+    match cli.command {
+        Some(Command::Info { models }) => info(&models),
+        Some(Command::Bench { run, frames, warmup }) => bench(&run, frames, warmup),
+        None => run(&cli.run),
     }
 }
 
-fn info(models: &std::path::Path) -> anyhow::Result<()> {
+fn version() -> anyhow::Result<()> {
+    println!("monovlm-edge {} (answer protocol v{})", env!("CARGO_PKG_VERSION"), protocol::PROTOCOL_VERSION);
+    match ortlib::init() {
+        Ok(ort) => {
+            println!("ONNX Runtime: {} ({})", ort.build_info, ort.library.display());
+            let usable: Vec<_> = ortlib::provider_support()?
+                .into_iter()
+                .filter(|(_, s)| *s == ortlib::ProviderSupport::Available)
+                .map(|(n, _)| n)
+                .collect();
+            println!("execution providers usable: {}", usable.join(", "));
+            println!("active provider (first usable of trt,cuda,cpu): {}", usable.first().unwrap_or(&"none"));
+        }
+        Err(e) => println!("ONNX Runtime: not loaded ({e})"),
+    }
+    Ok(())
+}
+
+fn info(models: &Path) -> anyhow::Result<()> {
     let ort = ortlib::init().context("loading ONNX Runtime")?;
     println!("monovlm-edge {}", env!("CARGO_PKG_VERSION"));
     println!("answer protocol: v{}", protocol::PROTOCOL_VERSION);
@@ -44,14 +153,7 @@ fn info(models: &std::path::Path) -> anyhow::Result<()> {
     for (name, support) in ortlib::provider_support()? {
         println!("  provider {name:<9} {support}");
     }
-    let packages: Vec<_> = std::fs::read_dir(models)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.join("onnx").is_dir() && p.join("config.json").is_file())
-                .collect()
-        })
-        .unwrap_or_default();
+    let packages = find_packages(models);
     if packages.is_empty() {
         println!(
             "model packages under {}: none yet (the exporter writes them; grounding needs one)",
@@ -61,6 +163,277 @@ fn info(models: &std::path::Path) -> anyhow::Result<()> {
         for p in packages {
             println!("model package: {}", p.display());
         }
+    }
+    Ok(())
+}
+
+fn find_packages(models: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(models)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join("monovlm.json").is_file() && p.join("config.json").is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+/// Everything a run needs, checked before the model is loaded.
+struct Setup {
+    queries: Vec<Query>,
+    source: Box<dyn FrameSource>,
+    /// The frame read during set-up, not yet grounded.
+    first: Option<monovlm_runtime::source::Frame>,
+    /// The --intrinsics camera, once read.
+    cached: Option<Intrinsics>,
+    intrinsics_file: Option<PathBuf>,
+    grounder: Grounder,
+}
+
+fn setup(args: &RunArgs) -> anyhow::Result<Setup> {
+    if args.queries.is_empty() {
+        bail!("no --query given: say what to find, e.g. --query \"the white van on the right\"");
+    }
+    let queries = args
+        .queries
+        .iter()
+        .enumerate()
+        .map(|(i, q)| Query::new(q).with_context(|| format!("--query #{}", i + 1)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let devices = parse_devices(&args.device).context("--device")?;
+    let source: Box<dyn FrameSource> = if let Some(cam) = &args.camera {
+        let (width, height) = parse_size(&args.camera_size)?;
+        let config = CameraConfig { width, height, fps: args.fps, ..CameraConfig::default() };
+        Box::new(V4l2Camera::open(cam, &config)?)
+    } else if let Some(dir) = &args.images {
+        Box::new(ImageDir::open(dir)?)
+    } else if let Some(file) = &args.image {
+        if !file.is_file() {
+            bail!("--image {}: no such file", file.display());
+        }
+        Box::new(SingleImage::new(file))
+    } else if let Some(dir) = &args.demo {
+        Box::new(demo_sequence(dir)?)
+    } else {
+        bail!("no input: give --camera, --images, --image or --demo");
+    };
+    if let Some(f) = &args.intrinsics
+        && !f.is_file()
+    {
+        bail!("--intrinsics {}: no such file", f.display());
+    }
+    // The first frame and its camera are read before the model loads, so that a bad image or
+    // intrinsics file fails fast.
+    let mut source = source;
+    let first = source.next_frame()?.context("the source has no frame")?;
+    let mut cached = None;
+    camera_of(first.intrinsics.as_ref(), args.intrinsics.as_deref(), &mut cached, first.image.dimensions())?;
+    let model = match &args.model {
+        Some(m) => m.clone(),
+        None => find_packages(Path::new("models"))
+            .into_iter()
+            .next()
+            .context("no --model given and no package under models/")?,
+    };
+    let options = GrounderOptions {
+        session: SessionOptions {
+            devices,
+            intra_threads: args.threads,
+            inter_threads: args.inter_threads,
+            tensorrt: monovlm_runtime::session::TensorRtOptions {
+                cache_dir: Some(args.trt_cache.clone()),
+                ..Default::default()
+            },
+            ..SessionOptions::default()
+        },
+        max_new_tokens: args.max_new_tokens,
+        batch_queries: !args.no_batch,
+    };
+    let grounder = Grounder::open(&model, options).with_context(|| format!("--model {}", model.display()))?;
+    tracing::info!(source = source.describe(), provider = %grounder.provider(), "ready");
+    Ok(Setup {
+        queries,
+        source,
+        first: Some(first),
+        cached,
+        intrinsics_file: args.intrinsics.clone(),
+        grounder,
+    })
+}
+
+fn parse_size(text: &str) -> anyhow::Result<(u32, u32)> {
+    let parsed =
+        text.split_once(['x', 'X']).and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?)));
+    match parsed {
+        Some((w, h)) if w > 0 && h > 0 => Ok((w, h)),
+        _ => bail!("--camera-size {text:?}: expected WIDTHxHEIGHT, e.g. 1280x720"),
+    }
+}
+
+/// Largest relative difference of aspect ratios for which intrinsics are rescaled to a frame of
+/// another size (a camera delivering another resolution than it was calibrated at).
+const ASPECT_TOLERANCE: f64 = 0.01;
+
+/// `k` for a frame of `size`: as is when the sizes agree, rescaled when only the resolution
+/// differs.
+fn fit_to_frame(k: Intrinsics, size: (u32, u32)) -> anyhow::Result<Intrinsics> {
+    if (k.width(), k.height()) == size {
+        return Ok(k);
+    }
+    let aspect_k = f64::from(k.width()) / f64::from(k.height());
+    let aspect_f = f64::from(size.0) / f64::from(size.1);
+    if ((aspect_k - aspect_f) / aspect_f).abs() > ASPECT_TOLERANCE {
+        bail!(
+            "the intrinsics are for {}x{} images but the frames are {}x{} (another aspect ratio)",
+            k.width(),
+            k.height(),
+            size.0,
+            size.1
+        );
+    }
+    tracing::warn!(from = ?(k.width(), k.height()), to = ?size, "intrinsics rescaled to the frame size");
+    Ok(k.resized(size.0, size.1)?.0)
+}
+
+/// The camera of a frame: its own (KITTI per-frame calib), else the --intrinsics file's, read once
+/// with the first frame's size (KITTI files carry none).
+fn camera_of(
+    frame_intrinsics: Option<&Intrinsics>,
+    file: Option<&Path>,
+    cached: &mut Option<Intrinsics>,
+    size: (u32, u32),
+) -> anyhow::Result<Intrinsics> {
+    if let Some(k) = frame_intrinsics {
+        return Ok(k.clone());
+    }
+    if let Some(k) = cached
+        && (k.width(), k.height()) == size
+    {
+        return Ok(k.clone());
+    }
+    let Some(file) = file else {
+        bail!("no camera intrinsics: pass --intrinsics FILE (OpenCV YAML, ROS camera_info or KITTI calib)");
+    };
+    let (k, format) = read_intrinsics(file, &ReadOptions::default().with_image_size(size.0, size.1))
+        .with_context(|| format!("--intrinsics {}", file.display()))?;
+    tracing::info!(file = %file.display(), %format, fx = k.fx(), fy = k.fy(), "intrinsics");
+    let k = fit_to_frame(k, size)?;
+    *cached = Some(k.clone());
+    Ok(k)
+}
+
+fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let mut s = setup(args)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C handler")?;
+    }
+    let mut cached = s.cached.take();
+    let mut frames = 0u64;
+    while !stop.load(Ordering::SeqCst) && args.max_frames.is_none_or(|m| frames < m) {
+        let next = match s.first.take() {
+            Some(f) => Some(f),
+            None => s.source.next_frame()?,
+        };
+        let Some(frame) = next else { break };
+        let camera = camera_of(
+            frame.intrinsics.as_ref(),
+            s.intrinsics_file.as_deref(),
+            &mut cached,
+            frame.image.dimensions(),
+        )?;
+        let results = s
+            .grounder
+            .ground(&frame, &s.queries, &camera)
+            .with_context(|| format!("frame {}", frame.name))?;
+        for r in &results {
+            println!("{}", serde_json::to_string(r)?);
+        }
+        frames += 1;
+    }
+    if stop.load(Ordering::SeqCst) {
+        tracing::info!(frames, "interrupted; stopped cleanly");
+    } else {
+        tracing::info!(frames, "done");
+    }
+    Ok(())
+}
+
+fn stats(values: &mut [f64]) -> (f64, f64) {
+    if values.is_empty() {
+        return (0.0, 0.0);
+    }
+    values.sort_by(f64::total_cmp);
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    (mean, values[values.len() / 2])
+}
+
+fn bench(args: &RunArgs, frames: usize, warmup: usize) -> anyhow::Result<()> {
+    let mut s = setup(args)?;
+    let mut pool: Vec<_> = s.first.take().into_iter().collect();
+    while pool.len() < frames.max(1)
+        && let Some(f) = s.source.next_frame()?
+    {
+        pool.push(f);
+        if pool.len() >= frames.max(1) {
+            break;
+        }
+    }
+    if pool.is_empty() {
+        bail!("the source gave no frame");
+    }
+    let mut cached = s.cached.take();
+    let mut timings: Vec<Timings> = Vec::new();
+    for i in 0..warmup + frames {
+        let frame = &pool[i % pool.len()];
+        let camera = camera_of(
+            frame.intrinsics.as_ref(),
+            s.intrinsics_file.as_deref(),
+            &mut cached,
+            frame.image.dimensions(),
+        )?;
+        let r = s.grounder.ground(frame, &s.queries, &camera)?;
+        if i >= warmup
+            && let Some(first) = r.first()
+        {
+            timings.push(first.timings);
+        }
+    }
+    let (w, h) = pool[0].image.dimensions();
+    println!(
+        "monovlm-edge bench: {} frames of {w}x{h}, {} queries per frame (batch {}), provider {}, package {}",
+        timings.len(),
+        s.queries.len(),
+        timings.first().map_or(0, |t| t.batch),
+        s.grounder.provider(),
+        s.grounder.package().dir.display()
+    );
+    type Column = fn(&Timings) -> f64;
+    let rows: [(&str, Column); 9] = [
+        ("preprocess ms", |t| t.preprocess_ms),
+        ("vision ms", |t| t.vision_ms),
+        ("tokenize ms", |t| t.tokenize_ms),
+        ("prefill ms", |t| t.prefill_ms),
+        ("decode ms", |t| t.decode_ms),
+        ("postprocess ms", |t| t.postprocess_ms),
+        ("total ms", |t| t.total_ms),
+        ("outside ORT ms", |t| t.total_ms - t.ort_ms),
+        ("tokens/s", |t| t.tokens_per_s),
+    ];
+    println!("{:<16} {:>10} {:>10}", "", "mean", "median");
+    for (name, get) in rows {
+        let mut v: Vec<f64> = timings.iter().map(get).collect();
+        let (mean, median) = stats(&mut v);
+        println!("{name:<16} {mean:>10.2} {median:>10.2}");
+    }
+    let total: f64 = timings.iter().map(|t| t.total_ms).sum();
+    let outside: f64 = timings.iter().map(|t| t.total_ms - t.ort_ms).sum();
+    if total > 0.0 {
+        println!("time outside ONNX Runtime: {:.1}% of the total", 100.0 * outside / total);
     }
     Ok(())
 }

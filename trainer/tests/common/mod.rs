@@ -83,3 +83,17 @@ pub fn examples(tokenizer: &tokenizers::Tokenizer, first_id: u64, n: u64, seed: 
     let mut rng = SplitMix64::new(seed);
     (first_id..first_id + n).map(|i| example(i, &mut rng, tokenizer)).collect()
 }
+
+/// `n_train` then `n_val` examples drawn from one stream seeded by `seed` (instance ids from 0 and
+/// from 1000): the validation images are new ones.
+pub fn train_val(
+    tokenizer: &tokenizers::Tokenizer,
+    n_train: u64,
+    n_val: u64,
+    seed: u64,
+) -> (Vec<Example>, Vec<Example>) {
+    let mut rng = SplitMix64::new(seed);
+    let train = (0..n_train).map(|i| example(i, &mut rng, tokenizer)).collect();
+    let val = (1000..1000 + n_val).map(|i| example(i, &mut rng, tokenizer)).collect();
+    (train, val)
+}

@@ -1,0 +1,742 @@
+//! The grounding API: frame + queries + intrinsics in, one 2D and 3D box per query out.
+//!
+//! Per frame: undistort (when the intrinsics carry distortion), preprocess, run the vision encoder
+//! once; then all queries of the frame go through the decoder as one batch (rows right-padded, as
+//! the fused decoder's `GroupQueryAttention` requires, `docs/model-package.md`), greedy decoding
+//! over the KV cache until every row has emitted `<|im_end|>` or the token limit. Answers are
+//! parsed with [`crate::protocol::parse_answer`]; the 2D box is mapped back to camera pixels and
+//! the 3D box's corners are projected with the camera's own intrinsics (`calib`).
+
+use std::time::Instant;
+
+use image::RgbImage;
+use monovlm_calib::undistort::{NewCamera, UndistortMap, new_camera};
+use monovlm_calib::{Box2d, Intrinsics, Point2};
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, Tensor, TensorRef};
+
+use crate::error::{Error, Result};
+use crate::package::ModelPackage;
+use crate::preprocess::{self, Preprocessed};
+use crate::protocol::{self, Query};
+use crate::session::{Device, SessionOptions, open_session};
+use crate::source::Frame;
+
+/// Tokens generated per query at most, by default: a formatted answer of the protocol is about 60
+/// byte-level tokens, a short `<think>` fits in the rest.
+pub const DEFAULT_MAX_NEW_TOKENS: usize = 128;
+
+/// Graph input and output names (`docs/model-package.md`).
+mod names {
+    pub const PIXEL_VALUES: &str = "pixel_values";
+    pub const VISION_POSITION_IDS: &str = "vision_position_ids";
+    pub const WINDOW_INDEX: &str = "window_index";
+    pub const CU_WINDOW_SEQLENS: &str = "cu_window_seqlens";
+    pub const CU_SEQLENS: &str = "cu_seqlens";
+    pub const IMAGE_FEATURES: &str = "image_features";
+    pub const INPUT_IDS: &str = "input_ids";
+    pub const INPUTS_EMBEDS: &str = "inputs_embeds";
+    pub const ATTENTION_MASK: &str = "attention_mask";
+    pub const POSITION_IDS: &str = "position_ids";
+    pub const LOGITS: &str = "logits";
+}
+
+/// How a [`Grounder`] runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GrounderOptions {
+    /// Sessions: execution providers and threads.
+    pub session: SessionOptions,
+    /// Tokens generated per query at most.
+    pub max_new_tokens: usize,
+    /// Decode a frame's queries as one batch (`true`) or one after the other.
+    pub batch_queries: bool,
+}
+
+impl Default for GrounderOptions {
+    fn default() -> Self {
+        Self {
+            session: SessionOptions::default(),
+            max_new_tokens: DEFAULT_MAX_NEW_TOKENS,
+            batch_queries: true,
+        }
+    }
+}
+
+/// Where the time of one frame went, milliseconds (shared by the frame's queries).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Timings {
+    /// Undistortion, resize, normalisation, patch flattening, index tensors.
+    pub preprocess_ms: f64,
+    /// Vision encoder.
+    pub vision_ms: f64,
+    /// Prompt building and tokenisation.
+    pub tokenize_ms: f64,
+    /// Prompt embeddings and the decoder over the prompts.
+    pub prefill_ms: f64,
+    /// Greedy steps.
+    pub decode_ms: f64,
+    /// Detokenisation, parsing, box mapping and projection.
+    pub postprocess_ms: f64,
+    /// Everything, from the frame to the results.
+    pub total_ms: f64,
+    /// Time spent inside ONNX Runtime `run` calls (part of the above).
+    pub ort_ms: f64,
+    /// Tokens generated over all queries of the frame.
+    pub new_tokens: usize,
+    /// `new_tokens` per second of `decode_ms` (the prefill's first token included in the count).
+    pub tokens_per_s: f64,
+    /// Queries decoded together.
+    pub batch: usize,
+}
+
+/// A parsed answer in the camera's terms.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct GroundedBox {
+    /// `[x1, y1, x2, y2]` in camera (frame) pixels, clipped to the image.
+    pub bbox_2d_px: [f64; 4],
+    /// `[x1, y1, x2, y2]` as the model wrote it, model-input pixels.
+    pub bbox_2d_model_px: [f64; 4],
+    /// `[x, y, z, l, w, h, yaw]`: centre in the camera frame (x right, y down, z forward), metres;
+    /// yaw about y, radians.
+    pub bbox_3d_cam: [f64; 7],
+    /// The 8 corners in the camera frame, metres (order of `calib::Box3d::corners`).
+    pub corners_cam_m: [[f64; 3]; 8],
+    /// Their pixels in the camera image (`None` behind the camera).
+    pub corners_px: Vec<Option<[f64; 2]>>,
+}
+
+/// The result of one query on one frame.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Grounding {
+    /// The frame's index in its source.
+    pub frame_index: u64,
+    /// The frame's name (file name, device).
+    pub frame_name: String,
+    /// The query, normalised.
+    pub query: String,
+    /// The model's text (special tokens removed).
+    pub text: String,
+    /// The boxes, when the text parsed.
+    pub answer: Option<GroundedBox>,
+    /// Why the text did not parse.
+    pub error: Option<String>,
+    /// Tokens generated for this query (the stop token included).
+    pub tokens: usize,
+    /// Whether generation ended on `<|im_end|>` (else on the token limit).
+    pub stopped: bool,
+    /// The execution provider the decoder ran on.
+    pub provider: Device,
+    /// The frame's timings.
+    pub timings: Timings,
+}
+
+/// Greedy continuations of a batch of prompts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generated {
+    /// Per prompt: generated ids, the stop token included when reached.
+    pub tokens: Vec<Vec<i64>>,
+    /// Per prompt: whether it reached the stop token.
+    pub stopped: Vec<bool>,
+}
+
+/// Per-frame accumulators.
+#[derive(Default)]
+struct Clock {
+    ort_s: f64,
+}
+
+impl Clock {
+    fn run<'s, 'v>(
+        &mut self,
+        session: &'s mut Session,
+        graph: &'static str,
+        inputs: Vec<(std::borrow::Cow<'static, str>, SessionInputValue<'v>)>,
+    ) -> Result<ort::session::SessionOutputs<'s>> {
+        let t = Instant::now();
+        let out = session.run(inputs).map_err(|e| inference(graph, e))?;
+        self.ort_s += t.elapsed().as_secs_f64();
+        Ok(out)
+    }
+}
+
+fn inference(graph: &'static str, e: impl std::fmt::Display) -> Error {
+    Error::Inference { graph, message: e.to_string() }
+}
+
+fn tensor<T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static>(
+    graph: &'static str,
+    shape: Vec<usize>,
+    data: Vec<T>,
+) -> Result<SessionInputValue<'static>> {
+    Ok(Tensor::from_array((shape, data)).map_err(|e| inference(graph, e))?.into())
+}
+
+fn take_f32(outputs: &ort::session::SessionOutputs<'_>, graph: &'static str, name: &str) -> Result<Vec<f32>> {
+    let v = outputs.get(name).ok_or_else(|| inference(graph, format!("no output {name}")))?;
+    let (_, data) = v.try_extract_tensor::<f32>().map_err(|e| inference(graph, e))?;
+    Ok(data.to_vec())
+}
+
+/// The greedy token of a logits row, never one of `banned`: `<|image_pad|>` and `<|video_pad|>`
+/// stand for image features and are never answer text (the trainer's `answer_logits` bans them
+/// the same way, so greedy answers agree).
+fn argmax(row: &[f32], banned: &[i64]) -> i64 {
+    let mut best = 0usize;
+    let mut best_v = f32::NEG_INFINITY;
+    for (i, &v) in row.iter().enumerate() {
+        if v > best_v && !banned.contains(&(i as i64)) {
+            best = i;
+            best_v = v;
+        }
+    }
+    best as i64
+}
+
+fn ms(s: f64) -> f64 {
+    s * 1e3
+}
+
+/// A loaded package in ONNX Runtime sessions, ready to ground queries.
+pub struct Grounder {
+    package: ModelPackage,
+    vision: Session,
+    embed: Session,
+    decoder: Session,
+    providers: [Device; 3],
+    options: GrounderOptions,
+    /// The last undistortion: the camera it was built for, its pinhole camera and the remap table.
+    undistort: Option<(Intrinsics, Intrinsics, UndistortMap)>,
+}
+
+impl std::fmt::Debug for Grounder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grounder")
+            .field("package", &self.package.dir)
+            .field("providers", &self.providers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Grounder {
+    /// Loads the package in `dir` ([`ModelPackage::open`]) and opens its three graphs.
+    ///
+    /// # Errors
+    /// [`Error::Package`] for a wrong package, including a graph ONNX Runtime cannot load
+    /// (truncated, corrupt, unknown operator: its message against the file); ONNX Runtime loading
+    /// errors; [`Error::Package`] for an fp16 package (f16 interfaces are not wired here yet).
+    pub fn open(dir: &std::path::Path, options: GrounderOptions) -> Result<Self> {
+        let package = ModelPackage::open(dir)?;
+        if !package.precision.f32_interfaces() {
+            return Err(Error::Package {
+                path: dir.join("monovlm.json"),
+                problem: format!(
+                    "precision {}: this runtime feeds f32 interfaces only (use an fp32 or int4 package)",
+                    package.precision.name()
+                ),
+            });
+        }
+        let open = |rel: &std::path::Path| -> Result<(Session, Device)> {
+            let path = package.graph(rel);
+            open_session(&path, &options.session).map_err(|e| match e {
+                Error::OrtSession { path, message } => Error::Package {
+                    path,
+                    problem: format!("ONNX Runtime cannot load it (truncated or corrupt?): {message}"),
+                },
+                other => other,
+            })
+        };
+        let (vision, pv) = open(&package.graphs.vision_encoder)?;
+        let (embed, pe) = open(&package.graphs.embed_tokens)?;
+        let (decoder, pd) = open(&package.graphs.decoder)?;
+        tracing::info!(
+            package = %dir.display(),
+            vision = %pv, embed = %pe, decoder = %pd,
+            "model package loaded"
+        );
+        Ok(Self { package, vision, embed, decoder, providers: [pv, pe, pd], options, undistort: None })
+    }
+
+    /// The package.
+    pub fn package(&self) -> &ModelPackage {
+        &self.package
+    }
+
+    /// The execution provider of the decoder (the graph that dominates a query's time).
+    pub fn provider(&self) -> Device {
+        self.providers[2]
+    }
+
+    /// Providers of the vision encoder, the embeddings and the decoder.
+    pub fn providers(&self) -> [Device; 3] {
+        self.providers
+    }
+
+    /// Undistorts (when `camera` has distortion) and preprocesses a frame. Returns the model input
+    /// and the pinhole camera of the image that was preprocessed.
+    ///
+    /// # Errors
+    /// [`Error::ImageSizeMismatch`] when the frame and `camera` differ in size; preprocessing and
+    /// undistortion errors.
+    pub fn prepare(&mut self, image: &RgbImage, camera: &Intrinsics) -> Result<(Preprocessed, Intrinsics)> {
+        let distorted = camera.distortion().is_some_and(|d| !d.is_zero());
+        if !distorted {
+            let pre = preprocess::preprocess_image(image, camera, &self.package.preprocess)?;
+            return Ok((pre, camera.clone()));
+        }
+        if (image.width(), image.height()) != (camera.width(), camera.height()) {
+            return Err(Error::ImageSizeMismatch {
+                image: (image.width(), image.height()),
+                camera: (camera.width(), camera.height()),
+            });
+        }
+        let reuse = matches!(&self.undistort, Some((k, _, _)) if k == camera);
+        if !reuse {
+            let pinhole = new_camera(camera, NewCamera::Same)?;
+            let map = UndistortMap::new(camera, &pinhole)?;
+            self.undistort = Some((camera.clone(), pinhole, map));
+        }
+        let Some((_, pinhole, map)) = &self.undistort else {
+            return Err(Error::InvalidPreprocessConfig("undistortion table missing".into()));
+        };
+        let undistorted = map.remap_rgb(image)?;
+        let pre = preprocess::preprocess_image(&undistorted, pinhole, &self.package.preprocess)?;
+        Ok((pre, pinhole.clone()))
+    }
+
+    /// Token ids of the prompt for `query` on the model input `pre`: the chat template tokenised
+    /// around the image block, whose `<|image_pad|>` run is inserted by id.
+    ///
+    /// # Errors
+    /// [`Error::Tokenizer`] when the tokenizer fails.
+    pub fn prompt_tokens(&self, query: &Query, pre: &Preprocessed) -> Result<Vec<i64>> {
+        let text = protocol::chat_prompt(query, &pre.intrinsics, 0);
+        let marker = format!("{}{}", protocol::tokens::VISION_START, protocol::tokens::VISION_END);
+        let (before, after) = text
+            .split_once(&marker)
+            .ok_or_else(|| Error::Tokenizer("the chat template has no image block".into()))?;
+        let encode = |s: &str| -> Result<Vec<i64>> {
+            let enc = self.package.tokenizer.encode(s, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+            Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
+        };
+        let st = self.package.special_tokens;
+        let mut ids = encode(before)?;
+        ids.push(st.vision_start);
+        ids.extend(std::iter::repeat_n(st.image_pad, pre.num_image_tokens));
+        ids.push(st.vision_end);
+        ids.extend(encode(after)?);
+        Ok(ids)
+    }
+
+    /// Image features `[M, D]` of a preprocessed image.
+    fn image_features(&mut self, pre: &Preprocessed, clock: &mut Clock) -> Result<Vec<f32>> {
+        let g = "vision_encoder";
+        let grids = [pre.grid_thw];
+        let window = usize::try_from(self.package.config.vision.window_size)
+            .map_err(|_| inference(g, "window_size must be positive"))?;
+        let pos = preprocess::vision_position_ids(&grids)?;
+        let win = preprocess::window_index_sized(&grids, window)?;
+        let cu = preprocess::cu_seqlens(&grids)?;
+        // Borrowed, not copied: the patch rows are the largest input of a query.
+        let pixels = TensorRef::from_array_view(pre.pixel_values.view()).map_err(|e| inference(g, e))?;
+        let inputs = vec![
+            (names::PIXEL_VALUES.into(), pixels.into()),
+            (
+                names::VISION_POSITION_IDS.into(),
+                tensor(g, vec![pos.nrows(), 2], pos.iter().copied().collect())?,
+            ),
+            (names::WINDOW_INDEX.into(), tensor(g, vec![win.window_index.len()], win.window_index.to_vec())?),
+            (
+                names::CU_WINDOW_SEQLENS.into(),
+                tensor(g, vec![win.cu_window_seqlens.len()], win.cu_window_seqlens.to_vec())?,
+            ),
+            (names::CU_SEQLENS.into(), tensor(g, vec![cu.len()], cu.to_vec())?),
+        ];
+        let out = clock.run(&mut self.vision, g, inputs)?;
+        take_f32(&out, g, names::IMAGE_FEATURES)
+    }
+
+    fn embed(&mut self, ids: Vec<i64>, batch: usize, clock: &mut Clock) -> Result<Vec<f32>> {
+        let g = "embed_tokens";
+        let len = ids.len() / batch.max(1);
+        let inputs = vec![(names::INPUT_IDS.into(), tensor(g, vec![batch, len], ids)?)];
+        let out = clock.run(&mut self.embed, g, inputs)?;
+        take_f32(&out, g, names::INPUTS_EMBEDS)
+    }
+
+    /// One decoder call: new embeddings `[B, S, D]`, mask `[B, T]`, positions `[3, B, S]`, and the
+    /// cache (replaced by the presents). Returns the greedy token (never one of `banned`) of each
+    /// logits row in `pick` (flat indices into the `B * S` rows), read in place: the `[B, S, V]`
+    /// logits of a prefill are the largest output and are never copied.
+    #[allow(clippy::too_many_arguments)]
+    fn decoder_step(
+        &mut self,
+        embeds: Vec<f32>,
+        mask: Vec<i64>,
+        positions: Vec<i64>,
+        batch: usize,
+        new: usize,
+        cache: &mut Vec<(DynValue, DynValue)>,
+        clock: &mut Clock,
+        pick: &[usize],
+        banned: &[i64],
+    ) -> Result<Vec<i64>> {
+        let g = "decoder";
+        let d = usize::try_from(self.package.config.text.hidden_size).unwrap_or(0);
+        let total = mask.len() / batch.max(1);
+        let mut inputs = vec![
+            (names::INPUTS_EMBEDS.into(), tensor(g, vec![batch, new, d], embeds)?),
+            (names::ATTENTION_MASK.into(), tensor(g, vec![batch, total], mask)?),
+            (names::POSITION_IDS.into(), tensor(g, vec![3, batch, new], positions)?),
+        ];
+        for (i, (k, v)) in std::mem::take(cache).into_iter().enumerate() {
+            inputs.push((format!("past_key_values.{i}.key").into(), k.into()));
+            inputs.push((format!("past_key_values.{i}.value").into(), v.into()));
+        }
+        let layers = self.package.config.text.num_hidden_layers;
+        let mut out = clock.run(&mut self.decoder, g, inputs)?;
+        for i in 0..layers {
+            let k = out
+                .remove(format!("present.{i}.key"))
+                .ok_or_else(|| inference(g, format!("no present.{i}.key")))?;
+            let v = out
+                .remove(format!("present.{i}.value"))
+                .ok_or_else(|| inference(g, format!("no present.{i}.value")))?;
+            cache.push((k, v));
+        }
+        let logits = out.get(names::LOGITS).ok_or_else(|| inference(g, "no output logits"))?;
+        let (_, data) = logits.try_extract_tensor::<f32>().map_err(|e| inference(g, e))?;
+        let vocab = usize::try_from(self.package.config.text.vocab_size).unwrap_or(0).max(1);
+        pick.iter()
+            .map(|&row| {
+                data.get(row * vocab..(row + 1) * vocab)
+                    .map(|r| argmax(r, banned))
+                    .ok_or_else(|| inference(g, format!("logits have no row {row}")))
+            })
+            .collect()
+    }
+
+    /// Greedy continuations of `prompts` (token ids, each holding the image block of `pre` once)
+    /// sharing the image features `features`; all prompts in one batch, right-padded.
+    // Rows index several parallel arrays (tokens, stopped, next, lengths): a row index reads best.
+    #[allow(clippy::needless_range_loop)]
+    fn generate_batch(
+        &mut self,
+        features: &[f32],
+        grid: [usize; 3],
+        prompts: &[Vec<i64>],
+        clock: &mut Clock,
+        timings: &mut Timings,
+    ) -> Result<Generated> {
+        let cfg = &self.package.config;
+        let d = usize::try_from(cfg.text.hidden_size).unwrap_or(0);
+        let vocab = usize::try_from(cfg.text.vocab_size).unwrap_or(0);
+        let kv = usize::try_from(cfg.text.num_key_value_heads).unwrap_or(0);
+        let hd = usize::try_from(cfg.text.head_dim()).unwrap_or(0);
+        let layers = usize::try_from(cfg.text.num_hidden_layers).unwrap_or(0);
+        let image_token = cfg.image_token_id;
+        let stop = self.package.special_tokens.im_end;
+        let banned = [cfg.image_token_id, cfg.video_token_id];
+        let b = prompts.len();
+        let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+        let s = lens.iter().copied().max().unwrap_or(0);
+        if b == 0 || s == 0 || d == 0 || vocab == 0 {
+            return Ok(Generated { tokens: vec![Vec::new(); b], stopped: vec![false; b] });
+        }
+
+        // Prefill: padded ids, image rows substituted, 3-row positions, mask.
+        let t_prefill = Instant::now();
+        let mut ids = vec![stop; b * s];
+        let mut positions = vec![0i64; 3 * b * s];
+        let mut mask = vec![0i64; b * s];
+        let mut deltas = Vec::with_capacity(b);
+        for (r, p) in prompts.iter().enumerate() {
+            ids[r * s..r * s + p.len()].copy_from_slice(p);
+            let rope = preprocess::rope_index_tokens(p, image_token, &[grid])?;
+            for row in 0..3 {
+                for (i, &v) in rope.position_ids.row(row).iter().enumerate() {
+                    positions[(row * b + r) * s + i] = v;
+                }
+            }
+            mask[r * s..r * s + p.len()].fill(1);
+            deltas.push(rope.rope_delta);
+        }
+        let mut embeds = self.embed(ids.clone(), b, clock)?;
+        if embeds.len() != b * s * d {
+            return Err(inference("embed_tokens", format!("{} values for [{b}, {s}, {d}]", embeds.len())));
+        }
+        for (r, p) in prompts.iter().enumerate() {
+            let mut k = 0usize;
+            for (i, &t) in p.iter().enumerate() {
+                if t == image_token {
+                    let src = features.get(k * d..(k + 1) * d).ok_or_else(|| {
+                        inference("vision_encoder", "fewer image features than image tokens")
+                    })?;
+                    let at = (r * s + i) * d;
+                    embeds[at..at + d].copy_from_slice(src);
+                    k += 1;
+                }
+            }
+            if k * d != features.len() {
+                return Err(inference("vision_encoder", "more image features than image tokens"));
+            }
+        }
+        let mut cache = Vec::with_capacity(layers);
+        for _ in 0..layers {
+            let k = Tensor::from_array(([b, kv, 0, hd], Vec::<f32>::new()))
+                .map_err(|e| inference("decoder", e))?;
+            let v = Tensor::from_array(([b, kv, 0, hd], Vec::<f32>::new()))
+                .map_err(|e| inference("decoder", e))?;
+            cache.push((k.into_dyn(), v.into_dyn()));
+        }
+        let last_rows: Vec<usize> = (0..b).map(|r| r * s + lens[r] - 1).collect();
+        let mut next =
+            self.decoder_step(embeds, mask, positions, b, s, &mut cache, clock, &last_rows, &banned)?;
+        timings.prefill_ms = ms(t_prefill.elapsed().as_secs_f64());
+
+        // Decode.
+        let t_decode = Instant::now();
+        let max_new = self.options.max_new_tokens;
+        let mut out = Generated { tokens: vec![Vec::new(); b], stopped: vec![false; b] };
+        let mut cached = s;
+        let all_rows: Vec<usize> = (0..b).collect();
+        for step in 0..max_new {
+            let mut active = false;
+            for r in 0..b {
+                if !out.stopped[r] && out.tokens[r].len() < max_new {
+                    out.tokens[r].push(next[r]);
+                    if next[r] == stop {
+                        out.stopped[r] = true;
+                    } else {
+                        active = true;
+                    }
+                }
+            }
+            if !active || step + 1 == max_new {
+                break;
+            }
+            let feed: Vec<i64> = (0..b).map(|r| if out.stopped[r] { stop } else { next[r] }).collect();
+            let embeds = self.embed(feed, b, clock)?;
+            let total = cached + 1;
+            let mut mask = vec![0i64; b * total];
+            let mut positions = vec![0i64; 3 * b];
+            for r in 0..b {
+                // Row r holds lens[r] prompt tokens and `step` fed tokens, then this one.
+                let real = lens[r] + step + 1;
+                mask[r * total..r * total + real.min(total)].fill(1);
+                let pos = (lens[r] + step) as i64 + deltas[r];
+                for row in 0..3 {
+                    positions[row * b + r] = pos;
+                }
+            }
+            next = self.decoder_step(embeds, mask, positions, b, 1, &mut cache, clock, &all_rows, &banned)?;
+            cached = total;
+        }
+        timings.decode_ms = ms(t_decode.elapsed().as_secs_f64());
+        Ok(out)
+    }
+
+    /// Greedy continuations of `prompts` on one preprocessed image: the image is encoded once,
+    /// the prompts decoded as a batch (or one by one when [`GrounderOptions::batch_queries`] is
+    /// off).
+    ///
+    /// # Errors
+    /// [`Error::Inference`] when a graph fails or disagrees with the contract.
+    pub fn generate(&mut self, pre: &Preprocessed, prompts: &[Vec<i64>]) -> Result<Generated> {
+        let mut timings = Timings::default();
+        self.generate_timed(pre, prompts, &mut Clock::default(), &mut timings)
+    }
+
+    fn generate_timed(
+        &mut self,
+        pre: &Preprocessed,
+        prompts: &[Vec<i64>],
+        clock: &mut Clock,
+        timings: &mut Timings,
+    ) -> Result<Generated> {
+        let t = Instant::now();
+        let features = self.image_features(pre, clock)?;
+        timings.vision_ms = ms(t.elapsed().as_secs_f64());
+        if self.options.batch_queries {
+            timings.batch = prompts.len();
+            return self.generate_batch(&features, pre.grid_thw, prompts, clock, timings);
+        }
+        timings.batch = 1;
+        let mut out = Generated { tokens: Vec::new(), stopped: Vec::new() };
+        let (mut prefill, mut decode) = (0.0, 0.0);
+        for p in prompts {
+            let g = self.generate_batch(&features, pre.grid_thw, std::slice::from_ref(p), clock, timings)?;
+            prefill += timings.prefill_ms;
+            decode += timings.decode_ms;
+            out.tokens.extend(g.tokens);
+            out.stopped.extend(g.stopped);
+        }
+        timings.prefill_ms = prefill;
+        timings.decode_ms = decode;
+        Ok(out)
+    }
+
+    /// Grounds every query of `queries` in `frame`, whose camera is `camera`.
+    ///
+    /// # Errors
+    /// [`Error::ImageSizeMismatch`] when the frame is not of the camera's size; preprocessing,
+    /// tokenizer and inference errors. An answer that does not parse is not an error: its
+    /// [`Grounding::error`] says why.
+    pub fn ground(
+        &mut self,
+        frame: &Frame,
+        queries: &[Query],
+        camera: &Intrinsics,
+    ) -> Result<Vec<Grounding>> {
+        let t_total = Instant::now();
+        let mut timings = Timings::default();
+        let mut clock = Clock::default();
+        let t = Instant::now();
+        let (pre, _pinhole) = self.prepare(&frame.image, camera)?;
+        timings.preprocess_ms = ms(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let prompts = queries.iter().map(|q| self.prompt_tokens(q, &pre)).collect::<Result<Vec<_>>>()?;
+        timings.tokenize_ms = ms(t.elapsed().as_secs_f64());
+        let generated = self.generate_timed(&pre, &prompts, &mut clock, &mut timings)?;
+
+        let t_post = Instant::now();
+        let mut results = Vec::with_capacity(queries.len());
+        for ((query, ids), stopped) in queries.iter().zip(&generated.tokens).zip(&generated.stopped) {
+            let u32s: Vec<u32> = ids.iter().filter_map(|&i| u32::try_from(i).ok()).collect();
+            let text =
+                self.package.tokenizer.decode(&u32s, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+            let (answer, error) = match protocol::parse_answer(&text) {
+                Ok(a) => match grounded_box(&a, &pre, camera) {
+                    Ok(b) => (Some(b), None),
+                    Err(e) => (None, Some(e.to_string())),
+                },
+                Err(e) => (None, Some(e.to_string())),
+            };
+            results.push(Grounding {
+                frame_index: frame.index,
+                frame_name: frame.name.clone(),
+                query: query.as_str().to_owned(),
+                text,
+                answer,
+                error,
+                tokens: ids.len(),
+                stopped: *stopped,
+                provider: self.provider(),
+                timings: Timings::default(),
+            });
+        }
+        timings.postprocess_ms = ms(t_post.elapsed().as_secs_f64());
+        timings.new_tokens = generated.tokens.iter().map(Vec::len).sum();
+        timings.tokens_per_s =
+            if timings.decode_ms > 0.0 { timings.new_tokens as f64 / (timings.decode_ms / 1e3) } else { 0.0 };
+        timings.ort_ms = ms(clock.ort_s);
+        timings.total_ms = ms(t_total.elapsed().as_secs_f64());
+        for r in &mut results {
+            r.timings = timings;
+        }
+        Ok(results)
+    }
+}
+
+/// Points sampled along each side of a 2D box when mapping it through the lens distortion.
+const BOX_EDGE_SAMPLES: usize = 8;
+
+/// The answer in camera terms: the 2D box from model-input pixels to the pinhole (undistorted)
+/// image, then through the distortion into camera pixels; the 3D box's corners projected by the
+/// camera's own intrinsics.
+fn grounded_box(answer: &protocol::Answer, pre: &Preprocessed, camera: &Intrinsics) -> Result<GroundedBox> {
+    let in_pinhole = pre.resize_map.unmap_box(&answer.bbox_2d);
+    let (w, h) = (f64::from(camera.width()), f64::from(camera.height()));
+    let mapped = if camera.distortion().is_some_and(|d| !d.is_zero()) {
+        let [x1, y1, x2, y2] = in_pinhole.to_array();
+        let mut xs = Vec::new();
+        let mut ys = Vec::new();
+        for i in 0..=BOX_EDGE_SAMPLES {
+            let f = i as f64 / BOX_EDGE_SAMPLES as f64;
+            let (x, y) = (x1 + f * (x2 - x1), y1 + f * (y2 - y1));
+            for p in [Point2::new(x, y1), Point2::new(x, y2), Point2::new(x1, y), Point2::new(x2, y)] {
+                // `NewCamera::Same`: pinhole pixels are the camera's ideal pixels.
+                let q = camera.distort_pixel(&p);
+                xs.push(q.x);
+                ys.push(q.y);
+            }
+        }
+        let fold = |v: &[f64], f: fn(f64, f64) -> f64, init: f64| v.iter().copied().fold(init, f);
+        Box2d::new(
+            fold(&xs, f64::min, f64::INFINITY),
+            fold(&ys, f64::min, f64::INFINITY),
+            fold(&xs, f64::max, f64::NEG_INFINITY),
+            fold(&ys, f64::max, f64::NEG_INFINITY),
+        )?
+    } else {
+        in_pinhole
+    };
+    let clipped = mapped.clipped(w, h).unwrap_or(mapped);
+    let b3 = answer.bbox_3d;
+    let corners = b3.corners();
+    Ok(GroundedBox {
+        bbox_2d_px: clipped.to_array(),
+        bbox_2d_model_px: answer.bbox_2d.to_array(),
+        bbox_3d_cam: b3.to_array(),
+        corners_cam_m: corners.map(|c| [c.x, c.y, c.z]),
+        corners_px: corners.iter().map(|c| camera.project(c).map(|p| [p.x, p.y])).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use monovlm_calib::{Box3d, Distortion};
+
+    use super::*;
+    use crate::preprocess::PreprocessConfig;
+
+    fn setup(camera: &Intrinsics) -> (Preprocessed, protocol::Answer) {
+        let image = RgbImage::new(camera.width(), camera.height());
+        let pre = preprocess::preprocess_image(&image, camera, &PreprocessConfig::default()).unwrap();
+        let text = r#"<answer>{"bbox_2d": [100, 50, 300, 200], "bbox_3d": [1.5, 0.8, 12.0, 4.2, 1.8, 1.6, 0.3]}</answer>"#;
+        (pre, protocol::parse_answer(text).unwrap())
+    }
+
+    #[test]
+    fn boxes_map_back_to_camera_pixels_and_corners_project() {
+        let camera = Intrinsics::new(900.0, 900.0, 640.0, 360.0, 1280, 720).unwrap();
+        let (pre, answer) = setup(&camera);
+        let b = grounded_box(&answer, &pre, &camera).unwrap();
+        let (sx, sy) = (1280.0 / f64::from(pre.input_size_px().0), 720.0 / f64::from(pre.input_size_px().1));
+        // Pixel-centre scaling (calib's ResizeMap): within a pixel of the plain ratio.
+        let want = [100.0 * sx, 50.0 * sy, 300.0 * sx, 200.0 * sy];
+        for (g, w) in b.bbox_2d_px.iter().zip(want) {
+            assert!((g - w).abs() < 1.0, "{:?} vs {want:?}", b.bbox_2d_px);
+        }
+        assert_eq!(b.bbox_2d_px, pre.resize_map.unmap_box(&answer.bbox_2d).to_array());
+        let box3d = Box3d::new(1.5, 0.8, 12.0, 4.2, 1.8, 1.6, 0.3).unwrap();
+        for (c, p) in box3d.corners().iter().zip(&b.corners_px) {
+            let q = camera.project(c).unwrap();
+            assert_eq!(p.unwrap(), [q.x, q.y]);
+        }
+        assert_eq!(b.bbox_3d_cam, box3d.to_array());
+    }
+
+    #[test]
+    fn with_distortion_the_box_encloses_its_distorted_outline() {
+        let camera = Intrinsics::new(900.0, 900.0, 640.0, 360.0, 1280, 720)
+            .unwrap()
+            .with_distortion(Distortion::new(-0.3, 0.1, 0.0, 0.0, 0.0).unwrap());
+        let (pre, answer) = setup(&camera);
+        let b = grounded_box(&answer, &pre, &camera).unwrap();
+        let ideal = pre.resize_map.unmap_box(&answer.bbox_2d).to_array();
+        for (x, y) in [(ideal[0], ideal[1]), (ideal[2], ideal[3]), (ideal[0], ideal[3])] {
+            let d = camera.distort_pixel(&Point2::new(x, y));
+            assert!(d.x >= b.bbox_2d_px[0] - 1e-9 && d.x <= b.bbox_2d_px[2] + 1e-9);
+            assert!(d.y >= b.bbox_2d_px[1] - 1e-9 && d.y <= b.bbox_2d_px[3] + 1e-9);
+        }
+        // Barrel distortion pulls an off-centre box towards the centre.
+        assert!(b.bbox_2d_px[0] > ideal[0]);
+    }
+
+    #[test]
+    fn argmax_skips_banned_ids() {
+        assert_eq!(argmax(&[0.0, 5.0, 1.0], &[]), 1);
+        assert_eq!(argmax(&[0.0, 5.0, 1.0], &[1]), 2);
+    }
+}

@@ -1,0 +1,81 @@
+//! End to end: a tiny checkpoint -> `monovlm-export` (library) -> the runtime's `Grounder` gives
+//! the same prompt tokens and the same greedy answer tokens as the trainer's own model
+//! (`Qwen25Vl::generate` at temperature 0) on the same frame and query.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+use monovlm_calib::Intrinsics;
+use monovlm_exporter::package::{ExportOptions, export};
+use monovlm_runtime::grounder::{Grounder, GrounderOptions};
+use monovlm_runtime::model_config::Qwen25VlConfig;
+use monovlm_runtime::package::byte_level_tokenizer_json;
+use monovlm_runtime::protocol::{self, Query};
+use monovlm_runtime::session::{Device, SessionOptions};
+use monovlm_runtime::source::Frame;
+use monovlm_trainer::model::Qwen25Vl;
+use monovlm_trainer::model::generate::{Prompt, Sampling};
+
+/// `<|im_start|>` of the test tokenizer (`<|im_end|>` is the next id): free ids of the tiny vocab.
+const IM_START_ID: i64 = 504;
+/// Greedy tokens compared (the tiny random model rarely stops on its own).
+const NEW_TOKENS: usize = 24;
+
+fn checkpoint() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../trainer/tests/fixtures/qwen25vl/tiny_a")
+}
+
+#[test]
+fn runtime_ground_answers_like_the_trainer_greedy_decode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = tmp.path().join("pkg");
+    export(&checkpoint(), &pkg, &ExportOptions::default(), &mut |_| {}).unwrap();
+    let cfg = Qwen25VlConfig::from_file(&pkg).unwrap();
+    std::fs::write(pkg.join("tokenizer.json"), byte_level_tokenizer_json(&cfg, IM_START_ID)).unwrap();
+
+    let options = GrounderOptions {
+        session: SessionOptions { devices: vec![Device::Cpu], intra_threads: 1, ..SessionOptions::default() },
+        max_new_tokens: NEW_TOKENS,
+        batch_queries: true,
+    };
+    let mut grounder = Grounder::open(&pkg, options).unwrap();
+    let image = image::RgbImage::from_fn(196, 140, |x, y| {
+        image::Rgb([(x * 9 % 256) as u8, (y * 13 % 256) as u8, ((x * y) % 256) as u8])
+    });
+    let k = Intrinsics::new(180.0, 180.0, 98.0, 70.0, 196, 140).unwrap();
+    let query = Query::new("the red car behind the truck").unwrap();
+
+    // Same prompt tokens as the trainer's tokenisation of the protocol's prompt.
+    let (pre, _) = grounder.prepare(&image, &k).unwrap();
+    let ids = grounder.prompt_tokens(&query, &pre).unwrap();
+    let tokenizer = tokenizers::Tokenizer::from_file(pkg.join("tokenizer.json")).unwrap();
+    let text = protocol::chat_prompt(&query, &pre.intrinsics, pre.num_image_tokens);
+    assert_eq!(ids, monovlm_trainer::train::grounding::encode(&tokenizer, &text).unwrap());
+
+    // Same greedy tokens.
+    let runtime = grounder.generate(&pre, std::slice::from_ref(&ids)).unwrap();
+    let model = Qwen25Vl::load(&checkpoint(), tch::Device::Cpu, tch::Kind::Float).unwrap();
+    let pixels = pre.pixel_values.iter().copied().collect::<Vec<f32>>();
+    let rows = pre.pixel_values.nrows() as i64;
+    let prompt = Prompt {
+        tokens: ids,
+        pixel_values: Some(tch::Tensor::from_slice(&pixels).reshape([rows, -1])),
+        grids: vec![pre.grid_thw],
+    };
+    let sampling = Sampling {
+        temperature: 0.0,
+        top_p: 1.0,
+        max_new_tokens: NEW_TOKENS,
+        stop_tokens: vec![IM_START_ID + 1],
+    };
+    let (trainer, _) = model.generate(&prompt, 1, &sampling).unwrap();
+    assert_eq!(runtime.tokens[0], trainer[0].tokens);
+
+    // And `ground` (the public path) answers with those tokens.
+    let frame =
+        Frame { image, index: 0, name: "f".into(), intrinsics: None, captured: std::time::Instant::now() };
+    let g = grounder.ground(&frame, &[query], &k).unwrap();
+    assert_eq!(g[0].tokens, trainer[0].tokens.len());
+    let ids_u32: Vec<u32> = trainer[0].tokens.iter().map(|&t| t as u32).collect();
+    assert_eq!(g[0].text, tokenizer.decode(&ids_u32, true).unwrap());
+}
