@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Speed anchor for the trainer's GRPO step: Hugging Face trl's GRPOTrainer on a random-init text-only Qwen2,
-CPU, float32, ONE thread.
+"""Speed anchor for the trainer's GRPO step: trl's GRPOTrainer on a random-init Qwen2, CPU, float32, ONE thread.
+
+Hugging Face trl, text-only Qwen2ForCausalLM, no vLLM, one intra-op thread (OMP_NUM_THREADS=1, set_num_threads(1)).
 
 What one "step" is: one optimizer step of GRPOTrainer (TrainerCallback, time.perf_counter from on_step_begin to
 on_step_end). With num_iterations=1 every step samples a fresh rollout batch and then trains on it:
@@ -37,7 +38,7 @@ random words, so every prompt has exactly that many tokens and no padding is nee
 Versions: python 3.11, torch==2.13.0 (CUDA build, run on CPU), transformers==5.23.0, trl==1.16.0,
 datasets==5.2.0, accelerate==1.15.0 (the .cache/pyhf environment; `pip install trl==1.16.0`).
 
-Usage (one JSON line per run on stdout, also written as JSON lines to --json FILE; about 2 minutes):
+Usage (one JSON line per run on stdout, also written as JSON lines to --json FILE; 1 to 1.5 minutes):
     .cache/pyhf/bin/python scripts/reference/bench_grpo_trl.py [--json out.jsonl]
         [--configs 2.9m 100k] [--iterations 1 2] [--steps 6] [--prompt-tokens 32]
 """

@@ -147,7 +147,8 @@ pub struct GrpoBenchShape {
     pub prompt_tokens: usize,
 }
 
-/// The two shapes of the issue: ~2.9M and ~100k parameters.
+/// The two shapes of the issue, as the Python anchor builds them: ~2.9M parameters (text 256 wide,
+/// 4 layers, MLP 512, vocab 2048) and ~100k (text 32 wide, 2 layers, vocab 2560); 32-token prompts.
 pub fn grpo_bench_shapes() -> Vec<GrpoBenchShape> {
     let tiny_vision = |mut s: ModelSize| {
         s.vision_hidden = 16;
@@ -160,9 +161,9 @@ pub fn grpo_bench_shapes() -> Vec<GrpoBenchShape> {
     vec![
         GrpoBenchShape {
             name: "2.9m",
-            size: tiny_vision(ModelSize { intermediate: 704, ..ModelSize::bench_3m() }),
+            size: tiny_vision(ModelSize::bench_3m()),
             vocab: 2048,
-            prompt_tokens: 48,
+            prompt_tokens: 32,
         },
         GrpoBenchShape {
             name: "100k",
@@ -174,8 +175,8 @@ pub fn grpo_bench_shapes() -> Vec<GrpoBenchShape> {
                 intermediate: 64,
                 ..ModelSize::bench_3m()
             }),
-            vocab: 2048,
-            prompt_tokens: 48,
+            vocab: 2560,
+            prompt_tokens: 32,
         },
     ]
 }
