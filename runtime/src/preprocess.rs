@@ -631,7 +631,7 @@ pub fn cu_seqlens(grids_thw: &[[usize; 3]]) -> Result<Array1<i32>> {
 pub struct RopeIndex {
     /// `[3, S]` i64 (temporal, height, width rows): text tokens count up on all three rows; the
     /// image block holds `start + t`, `start + row`, `start + column` of each merged token
-    /// (row-major); text after it resumes at `start + max(grid_h, grid_w) / 2`.
+    /// (row-major); text after it resumes at `start + max(grid_t, grid_h / 2, grid_w / 2)`.
     pub position_ids: Array2<i64>,
     /// `max(position_ids) + 1 - S`: add to a token's sequence index to get its position while
     /// decoding (the `rope_deltas` of transformers).
@@ -647,36 +647,13 @@ pub struct RopeIndex {
 pub fn rope_index(text_before: usize, grid_thw: [usize; 3], text_after: usize) -> Result<RopeIndex> {
     check_grid(grid_thw)?;
     let [t, h, w] = grid_thw;
-    let (llm_h, llm_w) = (h / MERGE_SIZE, w / MERGE_SIZE);
-    let image_tokens = t * llm_h * llm_w;
-    let len = text_before + image_tokens + text_after;
-    let mut ids = Array2::<i64>::zeros((3, len));
-    for i in 0..text_before {
-        for row in 0..3 {
-            ids[[row, i]] = i as i64;
-        }
-    }
-    let start = text_before as i64;
-    let mut col = text_before;
-    for ti in 0..t {
-        for r in 0..llm_h {
-            for c in 0..llm_w {
-                ids[[0, col]] = start + ti as i64;
-                ids[[1, col]] = start + r as i64;
-                ids[[2, col]] = start + c as i64;
-                col += 1;
-            }
-        }
-    }
-    let resume = start + (llm_h.max(llm_w)) as i64;
-    for i in 0..text_after {
-        for row in 0..3 {
-            ids[[row, col]] = resume + i as i64;
-        }
-        col += 1;
-    }
-    let max = ids.iter().copied().max().unwrap_or(-1);
-    Ok(RopeIndex { position_ids: ids, rope_delta: max + 1 - len as i64 })
+    let image_tokens = t * (h / MERGE_SIZE) * (w / MERGE_SIZE);
+    // Any two distinct ids do: 1 marks the image block, 0 the text around it.
+    let tokens: Vec<i64> = std::iter::repeat_n(0, text_before)
+        .chain(std::iter::repeat_n(1, image_tokens))
+        .chain(std::iter::repeat_n(0, text_after))
+        .collect();
+    rope_index_tokens(&tokens, 1, &[grid_thw])
 }
 
 /// 3-row positions of any token sequence with image blocks (`Qwen2_5_VLModel.get_rope_index` for
