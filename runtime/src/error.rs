@@ -205,6 +205,20 @@ pub enum Error {
     #[error("camera buffer: {0}")]
     PixelFormat(String),
 
+    // --- the daemon (runtime::serve) ---
+    /// A daemon configuration that is refused (an exposed address without an API key, a zero
+    /// limit, ...).
+    #[error("serve: {0}")]
+    ServeConfig(String),
+    /// The daemon's listening socket cannot be opened.
+    #[error("serve: cannot listen on {addr}: {message}")]
+    Bind {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The operating system's message.
+        message: String,
+    },
+
     // --- geometry ---
     /// An error from the geometry crate (invalid intrinsics, boxes, ...).
     #[error(transparent)]

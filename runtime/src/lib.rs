@@ -5,10 +5,12 @@
 //! Qwen2.5-VL processor and the vision encoder's index tensors ([`preprocess`], shared with the
 //! trainer), model packages ([`package`]), ONNX Runtime sessions in the execution-provider order
 //! TensorRT -> CUDA -> CPU ([`session`]), the grounding API ([`grounder`]), frame sources
-//! ([`source`], V4L2 capture in [`camera`], camera pixel formats in [`pixfmt`]) and the `monovlm-edge` binary. It never
-//! depends on libtorch.
+//! ([`source`], V4L2 capture in [`camera`], camera pixel formats in [`pixfmt`]), the camera
+//! daemon's HTTP/WebSocket API ([`serve`]), frames with the boxes drawn ([`draw`]) and the
+//! `monovlm-edge` binary. It never depends on libtorch.
 
 pub mod camera;
+pub mod draw;
 mod error;
 pub mod grounder;
 pub mod model_config;
@@ -17,6 +19,7 @@ pub mod package;
 pub mod pixfmt;
 pub mod preprocess;
 pub mod protocol;
+pub mod serve;
 pub mod session;
 pub mod source;
 

@@ -64,8 +64,13 @@ pub fn read_image(path: &Path) -> Result<RgbImage> {
     Ok(img.to_rgb8())
 }
 
+/// Image folders of the KITTI layout: KITTI's own, and the Mono3DRefer layout our synthetic
+/// generator writes (the bundled demo sequence).
+const KITTI_IMAGE_DIRS: [&str; 2] = ["image_2", "images"];
+
 /// Images of a directory in name order, with per-frame KITTI calibration when the directory has
-/// the KITTI layout (`image_2/*.png` and `calib/*.txt` of the same stem, camera `P2`).
+/// the KITTI layout (`image_2/*.png` or `images/*.png`, and `calib/*.txt` of the same stem, camera
+/// `P2`).
 #[derive(Debug)]
 pub struct ImageDir {
     dir: PathBuf,
@@ -75,16 +80,16 @@ pub struct ImageDir {
 }
 
 impl ImageDir {
-    /// Lists the images of `dir` (or of `dir/image_2` in the KITTI layout).
+    /// Lists the images of `dir` (or of `dir/image_2` or `dir/images` in the KITTI layout).
     ///
     /// # Errors
     /// [`Error::Source`] when the directory cannot be read or holds no image.
     pub fn open(dir: &Path) -> Result<Self> {
         let src = |message: String| Error::Source { source_name: dir.display().to_string(), message };
-        let (image_dir, calib_dir) = if dir.join("image_2").is_dir() && dir.join("calib").is_dir() {
-            (dir.join("image_2"), Some(dir.join("calib")))
-        } else {
-            (dir.to_path_buf(), None)
+        let calib = dir.join("calib");
+        let (image_dir, calib_dir) = match KITTI_IMAGE_DIRS.iter().map(|d| dir.join(d)).find(|d| d.is_dir()) {
+            Some(images) if calib.is_dir() => (images, Some(calib)),
+            _ => (dir.to_path_buf(), None),
         };
         let mut files: Vec<PathBuf> = std::fs::read_dir(&image_dir)
             .map_err(|e| src(e.to_string()))?
@@ -175,6 +180,28 @@ impl FrameSource for SingleImage {
 /// As [`ImageDir::open`].
 pub fn demo_sequence(dir: &Path) -> Result<ImageDir> {
     ImageDir::open(dir)
+}
+
+/// Largest relative difference of aspect ratios for which intrinsics are rescaled to a frame of
+/// another size (a camera delivering another resolution than it was calibrated at).
+pub const ASPECT_TOLERANCE: f64 = 0.01;
+
+/// `k` for a frame of `size` (width, height): as is when the sizes agree, rescaled when only the
+/// resolution differs.
+///
+/// # Errors
+/// [`Error::ImageSizeMismatch`] when the aspect ratios differ by more than [`ASPECT_TOLERANCE`];
+/// [`Error::Calib`] when rescaling fails.
+pub fn fit_intrinsics(k: &Intrinsics, size: (u32, u32)) -> Result<Intrinsics> {
+    if (k.width(), k.height()) == size {
+        return Ok(k.clone());
+    }
+    let aspect_k = f64::from(k.width()) / f64::from(k.height());
+    let aspect_f = f64::from(size.0) / f64::from(size.1.max(1));
+    if ((aspect_k - aspect_f) / aspect_f).abs() > ASPECT_TOLERANCE {
+        return Err(Error::ImageSizeMismatch { image: size, camera: (k.width(), k.height()) });
+    }
+    Ok(k.resized(size.0, size.1)?.0)
 }
 
 /// A one-frame slot with latest-frame semantics: [`LatestFrame::put`] replaces a frame nobody

@@ -126,3 +126,37 @@ fn a_bad_camera_size_is_refused() {
         "--camera-size",
     );
 }
+
+#[test]
+fn serve_refuses_an_exposed_address_without_an_api_key() {
+    fails_with(
+        &["serve", "--listen", "0.0.0.0:8080", "--image", "frame.png", "--intrinsics", "cam.yaml"],
+        "without an API key",
+    );
+}
+
+#[test]
+fn serve_refuses_a_zero_queue() {
+    fails_with(
+        &["serve", "--queue", "0", "--image", "frame.png", "--intrinsics", "cam.yaml"],
+        "queue capacity",
+    );
+}
+
+#[test]
+fn demo_alone_reads_assets_demo() {
+    fails_with(&["--demo", "--query", "the car"], "assets/demo");
+}
+
+#[test]
+fn listen_on_a_plain_run_is_the_daemon_and_checks_the_address() {
+    fails_with(
+        &["--listen", "0.0.0.0:8080", "--image", "frame.png", "--intrinsics", "cam.yaml"],
+        "--api-key",
+    );
+}
+
+#[test]
+fn daemon_options_without_serve_are_refused() {
+    fails_with(&[&BASE[..], &["--query", "the car", "--queue", "2"]].concat(), "need `serve` or --listen");
+}

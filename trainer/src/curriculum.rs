@@ -620,12 +620,14 @@ mod tests {
     #[test]
     fn recipes_parse_and_balance_compute() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
-        let mut samples = Vec::new();
-        for name in ["three-stage", "stage3-only", "sft"] {
-            let cfg = CurriculumConfig::from_file(&dir.join(format!("{name}.toml"))).unwrap();
-            samples.push((name, cfg.samples()));
+        for family in [["three-stage", "stage3-only", "sft"], ["nano", "nano-stage3-only", "nano-sft"]] {
+            let mut samples = Vec::new();
+            for name in family {
+                let cfg = CurriculumConfig::from_file(&dir.join(format!("{name}.toml"))).unwrap();
+                samples.push((name, cfg.samples()));
+            }
+            assert!(samples.windows(2).all(|w| w[0].1 == w[1].1), "equal compute: {samples:?}");
         }
-        assert!(samples.windows(2).all(|w| w[0].1 == w[1].1), "equal compute: {samples:?}");
     }
 
     #[test]

@@ -1,21 +1,25 @@
 //! `monovlm-edge`: ground referring expressions in 3D from a camera, on the vehicle.
 //!
-//! One JSON line per frame and query on stdout; logs on stderr.
+//! One JSON line per frame and query on stdout; logs on stderr. `monovlm-edge serve` (or
+//! `--listen ADDR`) runs the camera daemon instead (`docs/api.md`).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use monovlm_calib::Intrinsics;
 use monovlm_calib::formats::{ReadOptions, read_intrinsics};
 use monovlm_runtime::camera::{CameraConfig, V4l2Camera};
-use monovlm_runtime::grounder::{Grounder, GrounderOptions, Timings};
+use monovlm_runtime::grounder::{Grounder, GrounderOptions, Grounding, Timings};
 use monovlm_runtime::protocol::Query;
+use monovlm_runtime::serve::{OpenSource, ServeConfig, Server};
 use monovlm_runtime::session::{SessionOptions, parse_devices};
-use monovlm_runtime::source::{FrameSource, ImageDir, SingleImage, demo_sequence};
-use monovlm_runtime::{ortlib, protocol};
+use monovlm_runtime::source::{Frame, FrameSource, ImageDir, SingleImage, demo_sequence, fit_intrinsics};
+use monovlm_runtime::{draw, ortlib, protocol};
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +35,9 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     run: RunArgs,
+    /// Daemon options; `--listen ADDR` here runs the daemon like `serve`.
+    #[command(flatten)]
+    serve: ServeFlags,
 }
 
 #[derive(Subcommand)]
@@ -53,6 +60,51 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         warmup: usize,
     },
+    /// Run the camera daemon: HTTP/WebSocket API, live web viewer and metrics (docs/api.md).
+    /// `--query` gives the first standing queries; the source is replayed when it ends.
+    Serve {
+        #[command(flatten)]
+        run: Box<RunArgs>,
+        #[command(flatten)]
+        serve: ServeFlags,
+    },
+}
+
+/// Options of the daemon (`serve`); limits are checked per request.
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+struct ServeFlags {
+    /// Address to listen on [default: 127.0.0.1:8080]; any non-loopback address needs --api-key
+    /// (or --insecure).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// API key: every endpoint but /healthz and the viewer page needs `Authorization: Bearer KEY`
+    /// (default: the MONOVLM_API_KEY environment variable, if set).
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Serve a non-loopback address without an API key.
+    #[arg(long)]
+    insecure: bool,
+    /// Requests that may wait for inference; one more gets 503 with Retry-After [default: 4].
+    #[arg(long)]
+    queue: Option<usize>,
+    /// Seconds a request may wait and run before it gets 504 [default: 30].
+    #[arg(long)]
+    request_timeout: Option<f64>,
+    /// Largest request body in bytes (413 above) [default: 8388608].
+    #[arg(long)]
+    max_body_bytes: Option<usize>,
+    /// Longest query in characters (422 above) [default: 512].
+    #[arg(long)]
+    max_query_chars: Option<usize>,
+    /// Standing queries at most [default: 16].
+    #[arg(long)]
+    max_standing_queries: Option<usize>,
+    /// Seconds after which a camera frame is stale (/readyz 503) [default: 5].
+    #[arg(long)]
+    staleness: Option<f64>,
+    /// Frames per second an image directory or the demo is replayed at [default: 10].
+    #[arg(long)]
+    replay_fps: Option<f64>,
 }
 
 #[derive(Args, Clone, Debug, Default)]
@@ -66,8 +118,8 @@ struct RunArgs {
     /// One image file.
     #[arg(long, group = "input")]
     image: Option<PathBuf>,
-    /// Demo sequence directory.
-    #[arg(long, group = "input")]
+    /// Demo sequence directory (KITTI layout; alone: assets/demo).
+    #[arg(long, group = "input", num_args = 0..=1, default_missing_value = "assets/demo")]
     demo: Option<PathBuf>,
     /// Camera intrinsics file (OpenCV YAML, ROS camera_info or KITTI calib; detected).
     #[arg(long)]
@@ -84,6 +136,10 @@ struct RunArgs {
     /// Stop after this many frames.
     #[arg(long)]
     max_frames: Option<u64>,
+    /// Write each frame with its 3D boxes drawn (projected wireframes, labelled with the query) as
+    /// DIR/<frame>.jpg.
+    #[arg(long, value_name = "DIR")]
+    annotate: Option<PathBuf>,
     /// Threads per ONNX Runtime operator (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -122,6 +178,11 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Info { models }) => info(&models),
         Some(Command::Bench { run, frames, warmup }) => bench(&run, frames, warmup),
+        Some(Command::Serve { run, serve: flags }) => serve(&run, &flags),
+        None if cli.serve.listen.is_some() => serve(&cli.run, &cli.serve),
+        None if cli.serve != ServeFlags::default() => {
+            bail!("daemon options (--api-key, --queue, ...) need `serve` or --listen ADDR")
+        }
         None => run(&cli.run),
     }
 }
@@ -203,7 +264,32 @@ fn setup(args: &RunArgs) -> anyhow::Result<Setup> {
         .map(|(i, q)| Query::new(q).with_context(|| format!("--query #{}", i + 1)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let devices = parse_devices(&args.device).context("--device")?;
-    let source: Box<dyn FrameSource> = if let Some(cam) = &args.camera {
+    let mut source = open_source(args)?;
+    if let Some(f) = &args.intrinsics
+        && !f.is_file()
+    {
+        bail!("--intrinsics {}: no such file", f.display());
+    }
+    // The first frame and its camera are read before the model loads, so that a bad image or
+    // intrinsics file fails fast.
+    let first = source.next_frame()?.context("the source has no frame")?;
+    let mut cached = None;
+    camera_of(first.intrinsics.as_ref(), args.intrinsics.as_deref(), &mut cached, first.image.dimensions())?;
+    let grounder = open_grounder(args, devices)?;
+    tracing::info!(source = source.describe(), provider = %grounder.provider(), "ready");
+    Ok(Setup {
+        queries,
+        source,
+        first: Some(first),
+        cached,
+        intrinsics_file: args.intrinsics.clone(),
+        grounder,
+    })
+}
+
+/// The input the flags name (exactly one of --camera, --images, --image, --demo).
+fn open_source(args: &RunArgs) -> anyhow::Result<Box<dyn FrameSource>> {
+    Ok(if let Some(cam) = &args.camera {
         let (width, height) = parse_size(&args.camera_size)?;
         let config = CameraConfig { width, height, fps: args.fps, ..CameraConfig::default() };
         Box::new(V4l2Camera::open(cam, &config)?)
@@ -218,18 +304,11 @@ fn setup(args: &RunArgs) -> anyhow::Result<Setup> {
         Box::new(demo_sequence(dir)?)
     } else {
         bail!("no input: give --camera, --images, --image or --demo");
-    };
-    if let Some(f) = &args.intrinsics
-        && !f.is_file()
-    {
-        bail!("--intrinsics {}: no such file", f.display());
-    }
-    // The first frame and its camera are read before the model loads, so that a bad image or
-    // intrinsics file fails fast.
-    let mut source = source;
-    let first = source.next_frame()?.context("the source has no frame")?;
-    let mut cached = None;
-    camera_of(first.intrinsics.as_ref(), args.intrinsics.as_deref(), &mut cached, first.image.dimensions())?;
+    })
+}
+
+/// The --model package (default: the first under models/) in ONNX Runtime sessions.
+fn open_grounder(args: &RunArgs, devices: Vec<monovlm_runtime::session::Device>) -> anyhow::Result<Grounder> {
     let model = match &args.model {
         Some(m) => m.clone(),
         None => find_packages(Path::new("models"))
@@ -251,16 +330,7 @@ fn setup(args: &RunArgs) -> anyhow::Result<Setup> {
         max_new_tokens: args.max_new_tokens,
         batch_queries: !args.no_batch,
     };
-    let grounder = Grounder::open(&model, options).with_context(|| format!("--model {}", model.display()))?;
-    tracing::info!(source = source.describe(), provider = %grounder.provider(), "ready");
-    Ok(Setup {
-        queries,
-        source,
-        first: Some(first),
-        cached,
-        intrinsics_file: args.intrinsics.clone(),
-        grounder,
-    })
+    Grounder::open(&model, options).with_context(|| format!("--model {}", model.display()))
 }
 
 fn parse_size(text: &str) -> anyhow::Result<(u32, u32)> {
@@ -272,29 +342,21 @@ fn parse_size(text: &str) -> anyhow::Result<(u32, u32)> {
     }
 }
 
-/// Largest relative difference of aspect ratios for which intrinsics are rescaled to a frame of
-/// another size (a camera delivering another resolution than it was calibrated at).
-const ASPECT_TOLERANCE: f64 = 0.01;
-
 /// `k` for a frame of `size`: as is when the sizes agree, rescaled when only the resolution
 /// differs.
 fn fit_to_frame(k: Intrinsics, size: (u32, u32)) -> anyhow::Result<Intrinsics> {
-    if (k.width(), k.height()) == size {
-        return Ok(k);
+    if (k.width(), k.height()) != size {
+        tracing::warn!(from = ?(k.width(), k.height()), to = ?size, "intrinsics rescaled to the frame size");
     }
-    let aspect_k = f64::from(k.width()) / f64::from(k.height());
-    let aspect_f = f64::from(size.0) / f64::from(size.1);
-    if ((aspect_k - aspect_f) / aspect_f).abs() > ASPECT_TOLERANCE {
-        bail!(
-            "the intrinsics are for {}x{} images but the frames are {}x{} (another aspect ratio)",
+    fit_intrinsics(&k, size).map_err(|e| {
+        anyhow::anyhow!(
+            "the intrinsics are for {}x{} images but the frames are {}x{} (another aspect ratio): {e}",
             k.width(),
             k.height(),
             size.0,
             size.1
-        );
-    }
-    tracing::warn!(from = ?(k.width(), k.height()), to = ?size, "intrinsics rescaled to the frame size");
-    Ok(k.resized(size.0, size.1)?.0)
+        )
+    })
 }
 
 /// The camera of a frame: its own (KITTI per-frame calib), else the --intrinsics file's, read once
@@ -353,6 +415,9 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         for r in &results {
             println!("{}", serde_json::to_string(r)?);
         }
+        if let Some(dir) = &args.annotate {
+            write_annotated(dir, &frame, &results)?;
+        }
         frames += 1;
     }
     if stop.load(Ordering::SeqCst) {
@@ -362,6 +427,116 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Writes `frame` with `results` drawn as `dir/<frame stem>.jpg` (the folder is created).
+fn write_annotated(dir: &Path, frame: &Frame, results: &[Grounding]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let stem = Path::new(&frame.name)
+        .file_stem()
+        .map_or_else(|| format!("{:06}", frame.index), |s| s.to_string_lossy().into_owned());
+    let path = dir.join(format!("{stem}.jpg"));
+    let drawn = draw::annotate(&frame.image, &results.iter().collect::<Vec<_>>());
+    let bytes = draw::jpeg(&drawn).map_err(|e| anyhow::anyhow!("encoding {}: {e}", path.display()))?;
+    std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+fn seconds(flag: &str, value: Option<f64>, default: Duration) -> anyhow::Result<Duration> {
+    match value {
+        None => Ok(default),
+        Some(s) if s.is_finite() && s > 0.0 => Ok(Duration::from_secs_f64(s)),
+        Some(s) => bail!("--{flag} {s}: must be a positive number of seconds"),
+    }
+}
+
+/// The daemon: checks every input before the model loads, then serves until Ctrl-C.
+fn serve(args: &RunArgs, flags: &ServeFlags) -> anyhow::Result<()> {
+    let defaults = ServeConfig::default();
+    let initial_queries = args
+        .queries
+        .iter()
+        .enumerate()
+        .map(|(i, q)| Query::new(q).with_context(|| format!("--query #{}", i + 1)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let api_key = flags.api_key.clone().or_else(|| std::env::var("MONOVLM_API_KEY").ok());
+    let live = args.camera.is_some();
+    let mut config = ServeConfig {
+        listen: flags.listen.unwrap_or(defaults.listen),
+        api_key,
+        insecure: flags.insecure,
+        queue_capacity: flags.queue.unwrap_or(defaults.queue_capacity),
+        request_timeout: seconds("request-timeout", flags.request_timeout, defaults.request_timeout)?,
+        max_body_bytes: flags.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+        max_query_chars: flags.max_query_chars.unwrap_or(defaults.max_query_chars),
+        max_standing_queries: flags.max_standing_queries.unwrap_or(defaults.max_standing_queries),
+        staleness: seconds("staleness", flags.staleness, defaults.staleness)?,
+        // A live camera paces itself; replayed files at --replay-fps.
+        replay_fps: if live { None } else { Some(flags.replay_fps.unwrap_or(DEFAULT_REPLAY_FPS)) },
+        initial_queries,
+        ..defaults
+    };
+    // Security and limits are refused before anything is opened.
+    config.validate()?;
+    let devices = parse_devices(&args.device).context("--device")?;
+    if let Some(f) = &args.intrinsics {
+        if !f.is_file() {
+            bail!("--intrinsics {}: no such file", f.display());
+        }
+        // The file's camera, sized by a first frame (KITTI files carry no image size).
+        let first = open_source(args)?.next_frame()?.context("the source has no frame")?;
+        let mut cached = None;
+        config.default_intrinsics =
+            Some(camera_of(None, Some(f.as_path()), &mut cached, first.image.dimensions())?);
+    } else {
+        open_source(args)?;
+    }
+    let grounder = open_grounder(args, devices)?;
+    let source_args = args.clone();
+    let source_name = [&args.camera, &args.images, &args.image, &args.demo]
+        .into_iter()
+        .flatten()
+        .map(|p| p.display().to_string())
+        .next()
+        .unwrap_or_default();
+    let open: OpenSource = Box::new(move || {
+        // The runtime's own errors name the source already.
+        open_source(&source_args).map_err(|e| {
+            e.downcast::<monovlm_runtime::Error>().unwrap_or_else(|e| monovlm_runtime::Error::Source {
+                source_name: source_name.clone(),
+                message: format!("{e:#}"),
+            })
+        })
+    });
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
+    runtime.block_on(async move {
+        let server = Server::start(config, open, grounder).await?;
+        let handle = server.shutdown_handle();
+        tokio::spawn(async move {
+            let terminate = async {
+                #[cfg(unix)]
+                if let Ok(mut term) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                {
+                    term.recv().await;
+                    return;
+                }
+                std::future::pending::<()>().await
+            };
+            tokio::select! {
+                Ok(()) = tokio::signal::ctrl_c() => {}
+                () = terminate => {}
+            }
+            tracing::info!("interrupted; shutting down");
+            handle.shutdown();
+        });
+        server.wait().await?;
+        tracing::info!("stopped cleanly");
+        anyhow::Ok(())
+    })
+}
+
+/// Frames per second an image directory or the demo is replayed at by default.
+const DEFAULT_REPLAY_FPS: f64 = 10.0;
 
 fn stats(values: &mut [f64]) -> (f64, f64) {
     if values.is_empty() {

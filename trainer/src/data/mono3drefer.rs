@@ -774,6 +774,16 @@ impl Dataset {
         self.records.iter().flatten()
     }
 
+    /// Keeps only the first `n` images of `split` (in file order) and their records: scoring a
+    /// subset of a split with every description of each image kept, so per-image breakdowns
+    /// (unique/multiple) are those of the full split.
+    pub fn keep_first_images(&mut self, split: Split, n: usize) {
+        let i = split.index();
+        self.images[i].truncate(n);
+        let kept: std::collections::HashSet<&str> = self.images[i].iter().map(String::as_str).collect();
+        self.records[i].retain(|r| kept.contains(r.image.as_str()));
+    }
+
     /// The images listed for one split, in file order.
     pub fn images(&self, split: Split) -> &[String] {
         &self.images[split.index()]

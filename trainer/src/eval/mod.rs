@@ -10,10 +10,14 @@
 //! - Input: a JSON-lines predictions file ([`predictions`]); output: JSON, Markdown, per-sample
 //!   lines and PNG plots ([`report::write_outputs`]).
 //! - [`baseline`]: the geometric floor a learned model must beat.
+//! - [`package`]: predictions of an exported model package, made by the runtime.
+//! - [`compare`]: several evaluations of the same samples side by side (tables and plots).
 
 pub mod baseline;
 pub mod categories;
+pub mod compare;
 pub mod metrics;
+pub mod package;
 pub mod plots;
 pub mod predictions;
 pub mod report;

@@ -78,17 +78,50 @@ const SERIES: [Series; 4] = [
 /// # Errors
 /// [`Error::Plot`] or [`Error::Image`] when drawing or saving fails.
 pub fn accuracy_per_category(report: &EvalReport, path: &Path) -> Result<()> {
-    let groups: Vec<(String, Vec<Option<f64>>)> = report
-        .breakdowns
+    let groups: Vec<String> =
+        report.breakdowns.iter().map(|b| format!("{} ({})", b.name, b.samples)).collect();
+    let series: Vec<Bars> = SERIES
         .iter()
-        .map(|b| (format!("{} ({})", b.name, b.samples), SERIES.iter().map(|(_, _, f)| f(b)).collect()))
+        .map(|(label, colour, f)| Bars {
+            label: (*label).to_owned(),
+            colour: *colour,
+            values: report.breakdowns.iter().map(f).collect(),
+        })
         .collect();
-    let n_groups = groups.len().max(1);
     let title = format!("3D grounding accuracy, {} split ({})", report.split, report.predictions);
+    grouped_bars(path, &title, "accuracy (%)", &groups, &series)
+}
+
+/// One series of a [`grouped_bars`] chart: a value (or none) per group.
+pub struct Bars {
+    /// Legend text.
+    pub label: String,
+    /// Fill colour.
+    pub colour: RGBColor,
+    /// One value per group, percent (`None`: no bar).
+    pub values: Vec<Option<f64>>,
+}
+
+/// Colours for [`grouped_bars`] series compared side by side (tab10).
+pub const SERIES_COLOURS: [RGBColor; 6] = CURVE_COLOURS;
+
+/// A grouped bar chart of percentages: one group per name of `groups`, one bar per series in
+/// each, the value printed above each bar, headroom above 100% for the legend.
+///
+/// # Errors
+/// [`Error::Plot`] or [`Error::Image`] when drawing or saving fails.
+pub fn grouped_bars(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    groups: &[String],
+    series: &[Bars],
+) -> Result<()> {
+    let n_groups = groups.len().max(1);
     render(path, |root| {
         let e = |e: &dyn std::fmt::Display| e.to_string();
         let mut chart = ChartBuilder::on(&root)
-            .caption(&title, (FONT_FAMILY, 26))
+            .caption(title, (FONT_FAMILY, 26))
             .margin(20)
             .x_label_area_size(50)
             .y_label_area_size(60)
@@ -105,36 +138,36 @@ pub fn accuracy_per_category(report: &EvalReport, path: &Path) -> Result<()> {
                 // A label at each group centre only.
                 let centre = x - x.floor();
                 if (centre - 0.5).abs() < 1e-6 {
-                    groups.get(x.floor() as usize).map(|g| g.0.clone()).unwrap_or_default()
+                    groups.get(x.floor() as usize).cloned().unwrap_or_default()
                 } else {
                     String::new()
                 }
             })
             .y_label_formatter(&|y| if *y <= 100.0 { format!("{y:.0}") } else { String::new() })
-            .y_desc("accuracy (%)")
+            .y_desc(y_desc)
             .label_style((FONT_FAMILY, 15))
             .draw()
             .map_err(|x| e(&x))?;
-        let bar_w = 0.8 / SERIES.len() as f64;
-        for (si, (label, colour, _)) in SERIES.iter().enumerate() {
-            let colour = *colour;
-            let bars = groups.iter().enumerate().filter_map(move |(gi, (_, values))| {
-                let v = values.get(si).copied().flatten()?;
-                let x0 = gi as f64 + 0.1 + si as f64 * bar_w;
-                Some(Rectangle::new([(x0, 0.0), (x0 + bar_w * 0.95, v)], colour.filled()))
+        let bar_w = 0.8 / series.len().max(1) as f64;
+        for (si, bars) in series.iter().enumerate() {
+            let colour = bars.colour;
+            let at = move |gi: usize| gi as f64 + 0.1 + si as f64 * bar_w;
+            let rects = bars.values.iter().enumerate().filter_map(move |(gi, v)| {
+                let v = (*v)?;
+                Some(Rectangle::new([(at(gi), 0.0), (at(gi) + bar_w * 0.95, v)], colour.filled()))
             });
             chart
-                .draw_series(bars)
+                .draw_series(rects)
                 .map_err(|x| e(&x))?
-                .label(*label)
+                .label(bars.label.as_str())
                 .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], colour.filled()));
             // The value above each bar.
-            let values = groups.iter().enumerate().filter_map(move |(gi, (_, values))| {
-                let v = values.get(si).copied().flatten()?;
-                let x0 = gi as f64 + 0.1 + si as f64 * bar_w;
+            let values = bars.values.iter().enumerate().filter_map(move |(gi, v)| {
+                let v = (*v)?;
                 let style =
                     TextStyle::from((FONT_FAMILY, 12).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
-                Some(Text::new(format!("{v:.0}"), (x0 + 0.475 * bar_w, v + 0.5), style))
+                let text = if v < 10.0 { format!("{v:.1}") } else { format!("{v:.0}") };
+                Some(Text::new(text, (at(gi) + 0.475 * bar_w, v + 0.5), style))
             });
             chart.draw_series(values).map_err(|x| e(&x))?;
         }

@@ -72,7 +72,26 @@ impl ModelSize {
         }
     }
 
-    /// A preset by name: `tiny`, `bench-3m`.
+    /// About 6M parameters with a 2048-token vocabulary: the bundled nano model
+    /// (`trainer/recipes/nano.toml`, `models/nano/`), sized so that SFT warm-up and the three GRPO
+    /// stages train in about two hours on two CPU cores.
+    pub fn nano() -> Self {
+        Self {
+            hidden: 256,
+            layers: 6,
+            heads: 4,
+            kv_heads: 2,
+            intermediate: 768,
+            vision_hidden: 128,
+            vision_depth: 4,
+            vision_heads: 4,
+            vision_intermediate: 256,
+            vision_fullatt: vec![1, 3],
+            tie_embeddings: true,
+        }
+    }
+
+    /// A preset by name: `tiny`, `bench-3m`, `nano`.
     ///
     /// # Errors
     /// [`Error::ModelConfig`] for another name.
@@ -80,7 +99,10 @@ impl ModelSize {
         match name {
             "tiny" => Ok(Self::tiny()),
             "bench-3m" => Ok(Self::bench_3m()),
-            other => Err(Error::ModelConfig(format!("unknown model preset {other:?} (tiny, bench-3m)"))),
+            "nano" => Ok(Self::nano()),
+            other => {
+                Err(Error::ModelConfig(format!("unknown model preset {other:?} (tiny, bench-3m, nano)")))
+            }
         }
     }
 

@@ -33,6 +33,8 @@ struct Cli {
 enum Command {
     /// Score predictions (or the geometric baseline) on a split: JSON and Markdown reports, plots.
     Eval(EvalArgs),
+    /// Several evaluations of the same samples side by side: compare.md and two PNG bar charts.
+    Compare(CompareArgs),
     /// Dataset tools.
     Data {
         /// The dataset tool to run.
@@ -137,8 +139,21 @@ struct EvalArgs {
     split: Split,
     /// JSON-lines predictions, one per sample: {"instance_id", "ann_id", "bbox_3d": [x, y, z, l, w, h,
     /// yaw], "bbox_2d": [x1, y1, x2, y2]} or {"instance_id", "ann_id", "text": "<answer>...</answer>"}.
-    #[arg(long, required_unless_present = "baseline", conflicts_with = "baseline")]
+    #[arg(long, required_unless_present_any = ["baseline", "package"], conflicts_with_all = ["baseline", "package"])]
     predictions: Option<PathBuf>,
+    /// Ground the split with an exported model package (`monovlm-export`) on ONNX Runtime, the
+    /// runtime the vehicle runs; its predictions are written to OUT/predictions.jsonl first.
+    #[arg(long, conflicts_with = "baseline")]
+    package: Option<PathBuf>,
+    /// With --package: ONNX Runtime intra-op threads (0 = its default).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// With --package: queries decoded together per batch (one image's descriptions).
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Score only the first N images of the split (with all their descriptions).
+    #[arg(long)]
+    images: Option<usize>,
     /// Score the geometric baseline (ground-truth 2D box, class-mean size, ground-plane depth)
     /// instead; its predictions are written to OUT/baseline_predictions.jsonl first.
     #[arg(long)]
@@ -153,6 +168,41 @@ struct EvalArgs {
     /// Refuse a dataset with malformed records (default: skip and report them).
     #[arg(long)]
     strict: bool,
+}
+
+/// Arguments of `compare`.
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// A method as NAME=REPORT (a report.json of `monovlm-train eval`), in table order.
+    #[arg(long = "method", required = true)]
+    methods: Vec<String>,
+    /// Title of the plots.
+    #[arg(long, default_value = "3D grounding")]
+    title: String,
+    /// Output folder: compare.md, compare_overall.png, compare_breakdowns.png.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn compare(args: &CompareArgs) -> Result<()> {
+    use monovlm_trainer::eval::compare::{read_method, write_outputs};
+    let methods = args
+        .methods
+        .iter()
+        .map(|m| {
+            let (name, path) = m.split_once('=').context("--method must be NAME=REPORT.json")?;
+            read_method(name, Path::new(path)).with_context(|| format!("reading {path}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let files = write_outputs(&methods, &args.title, &args.out)?;
+    write!(std::io::stdout(), "{}", std::fs::read_to_string(&files.markdown)?)?;
+    say!(
+        "\nwrote {}, {}, {}",
+        files.markdown.display(),
+        files.overall_plot.display(),
+        files.breakdown_plot.display()
+    );
+    Ok(())
 }
 
 /// A progress bar of `len` steps, drawn only on a terminal.
@@ -217,7 +267,10 @@ fn data_check(args: &CheckArgs) -> Result<()> {
 }
 
 fn eval(args: &EvalArgs) -> Result<()> {
-    let dataset = load(&args.data, args.strict)?;
+    let mut dataset = load(&args.data, args.strict)?;
+    if let Some(n) = args.images {
+        dataset.keep_first_images(args.split, n);
+    }
     let skipped = dataset.report().problems.len();
     if skipped > 0 {
         eprintln!(
@@ -225,9 +278,12 @@ fn eval(args: &EvalArgs) -> Result<()> {
         );
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let (path, source) = match &args.predictions {
-        Some(path) => (path.clone(), path.display().to_string()),
-        None => {
+    let (path, source) = match (&args.predictions, &args.package) {
+        (Some(path), _) => (path.clone(), path.display().to_string()),
+        (None, Some(package)) => {
+            (predict_with_package(&dataset, args, package)?, package.display().to_string())
+        }
+        (None, None) => {
             let bar = progress(dataset.images(args.split).len(), "baseline");
             let (fitted, lines, problems) =
                 baseline::run(&dataset, args.fit_split, args.split, || bar.inc(1));
@@ -265,6 +321,47 @@ fn eval(args: &EvalArgs) -> Result<()> {
         files.depth_plot.display()
     );
     Ok(())
+}
+
+/// Runs `package` over the split, writes OUT/predictions.jsonl and OUT/package_run.json (speed).
+fn predict_with_package(dataset: &Dataset, args: &EvalArgs, package: &Path) -> Result<PathBuf> {
+    use monovlm_runtime::grounder::{Grounder, GrounderOptions};
+    use monovlm_runtime::session::SessionOptions;
+    use monovlm_trainer::eval::package::predict_split;
+    monovlm_runtime::ortlib::init().context("loading ONNX Runtime")?;
+    let options = GrounderOptions {
+        session: SessionOptions { intra_threads: args.threads, ..SessionOptions::default() },
+        ..GrounderOptions::default()
+    };
+    let mut grounder =
+        Grounder::open(package, options).with_context(|| format!("opening {}", package.display()))?;
+    let bar = progress(dataset.records(args.split).len(), "grounding");
+    let run = predict_split(dataset, args.split, &mut grounder, args.batch, || bar.inc(1))?;
+    bar.finish_and_clear();
+    let path = args.out.join("predictions.jsonl");
+    std::fs::write(&path, run.lines.join("\n") + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    let speed = serde_json::json!({
+        "package": package.display().to_string(),
+        "provider": grounder.provider(),
+        "records": run.lines.len(),
+        "images": run.images,
+        "seconds": run.seconds,
+        "queries_per_s": run.lines.len() as f64 / run.seconds.max(1e-9),
+        "new_tokens": run.new_tokens,
+    });
+    let speed_path = args.out.join("package_run.json");
+    std::fs::write(&speed_path, serde_json::to_string_pretty(&speed)?)
+        .with_context(|| format!("writing {}", speed_path.display()))?;
+    say!(
+        "grounded {} descriptions on {} images in {:.0} s with {} ({:.1} queries/s)",
+        run.lines.len(),
+        run.images,
+        run.seconds,
+        package.display(),
+        run.lines.len() as f64 / run.seconds.max(1e-9)
+    );
+    Ok(path)
 }
 
 fn data_synth(args: &SynthArgs) -> Result<()> {
@@ -317,6 +414,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Command::Eval(args) => eval(args),
+        Command::Compare(args) => compare(args),
         Command::Data { command } => match command {
             DataCommand::Check(args) => data_check(args),
             DataCommand::Synth(args) => data_synth(args),

@@ -24,7 +24,7 @@ pub struct InitArgs {
     /// Folder with tokenizer.json (from `monovlm-train tokenizer`).
     #[arg(long)]
     tokenizer: PathBuf,
-    /// Architecture preset: tiny (~0.4M parameters), bench-3m (~3M).
+    /// Architecture preset: tiny (~0.4M parameters), bench-3m (~3M), nano (~6M).
     #[arg(long, default_value = "tiny")]
     preset: String,
     /// Seed of the random weights.

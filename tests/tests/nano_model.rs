@@ -1,0 +1,73 @@
+//! The bundled nano model (`models/nano/`, trained by `make nano-model`) on three fixed descriptions
+//! of the bundled demo sequence (`assets/demo/`, a world never seen in training): each answer must
+//! parse and its 3D box must overlap the ground truth by more than Acc@0.25's threshold. A change in
+//! the data, tokenizer, protocol, exporter, preprocessing or runtime that alters the model's answers
+//! shows up here.
+//!
+//! Honest scope: the nano model does not ground in general (3D Acc@0.25 0.7% on the test set, 4.7%
+//! = 8 of 172 descriptions of the demo sequence; `docs/results.md`). These three are among the eight
+//! demo descriptions it got right, picked when the package was trained; their 2D boxes are wrong (it
+//! writes 2D and 3D boxes that disagree), so only the 3D box is checked.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use monovlm_calib::{Box3d, iou_3d};
+use monovlm_runtime::grounder::{Grounder, GrounderOptions};
+use monovlm_runtime::protocol::Query;
+use monovlm_runtime::session::{Device, SessionOptions};
+use monovlm_runtime::source::{Frame, read_image};
+use monovlm_trainer::data::mono3drefer::{Dataset, Record, Strictness};
+
+/// `(image, instanceID, ann_id)` of the three demo descriptions.
+const CASES: [(&str, u64, u64); 3] = [("000002", 2000, 1), ("000001", 1005, 0), ("000004", 4000, 1)];
+
+/// 3D IoU every answer must exceed (Acc@0.25's threshold).
+const MIN_IOU_3D: f64 = 0.25;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn nano_model_grounds_three_demo_descriptions() {
+    monovlm_runtime::ortlib::init().unwrap();
+    let demo = Dataset::load(&root().join("assets/demo"), Strictness::Strict).unwrap();
+    let options = GrounderOptions {
+        session: SessionOptions { devices: vec![Device::Cpu], intra_threads: 2, ..SessionOptions::default() },
+        ..GrounderOptions::default()
+    };
+    let mut grounder = Grounder::open(&root().join("models/nano"), options).unwrap();
+    let all: Vec<&Record> = demo.all_records().collect();
+    for (image, instance_id, ann_id) in CASES {
+        let record = all
+            .iter()
+            .find(|r| r.image == image && r.instance_id == instance_id && r.ann_id == ann_id)
+            .unwrap_or_else(|| panic!("no demo record {image}/{instance_id}/{ann_id}"));
+        let camera = demo.intrinsics(image).unwrap();
+        let frame = Frame {
+            image: read_image(&demo.image_path(image).unwrap()).unwrap(),
+            index: 0,
+            name: image.to_owned(),
+            intrinsics: Some(camera.clone()),
+            captured: Instant::now(),
+        };
+        let query = Query::new(&record.description).unwrap();
+        let g = grounder.ground(&frame, &[query], &camera).unwrap().remove(0);
+        let answer = g
+            .answer
+            .as_ref()
+            .unwrap_or_else(|| panic!("{:?}: no parsed answer in {:?}", record.description, g.text));
+        let [x, y, z, l, w, h, yaw] = answer.bbox_3d_cam;
+        let pred3 = Box3d::new(x, y, z, l, w, h, yaw).unwrap();
+        let iou3 = iou_3d(&pred3, &record.box3d);
+        assert!(
+            iou3 > MIN_IOU_3D,
+            "{:?} on {image}: 3D IoU {iou3:.3}; answer {:?}, truth {:?}",
+            record.description,
+            answer.bbox_3d_cam,
+            record.box3d
+        );
+    }
+}
