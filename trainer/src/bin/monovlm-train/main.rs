@@ -2,12 +2,12 @@
 //!
 //! A thin wrapper over `monovlm_trainer`: argument parsing, progress bars and printing.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 use monovlm_trainer::data::mono3drefer::{Dataset, INSTANCE_SPLIT_FILE, Split, Strictness};
 use monovlm_trainer::eval::predictions::{PredictionSet, write_prediction_lines};
 use monovlm_trainer::eval::{baseline, evaluate, report};
@@ -205,14 +205,77 @@ fn compare(args: &CompareArgs) -> Result<()> {
     Ok(())
 }
 
-/// A progress bar of `len` steps, drawn only on a terminal.
+/// A progress bar of `len` steps: drawn in place on a terminal; when stderr is a file or a pipe
+/// (long runs under `nohup`, CI logs), one plain line every [`LOG_LINE_EVERY`] instead.
 fn progress(len: usize, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len as u64);
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(len as u64)
+    } else {
+        ProgressBar::with_draw_target(
+            Some(len as u64),
+            ProgressDrawTarget::term_like(Box::new(LogLines::default())),
+        )
+    };
     if let Ok(style) = ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} ({eta})") {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message(what.to_owned());
     bar
+}
+
+/// How often a progress bar writes a line when stderr is not a terminal.
+const LOG_LINE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A progress-bar target for logs: ignores cursor movement and writes the bar's text as a line at
+/// most once per [`LOG_LINE_EVERY`] (the first draw always).
+#[derive(Debug, Default)]
+struct LogLines {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl LogLines {
+    fn line(&self, text: &str) -> std::io::Result<()> {
+        let text = text.trim_end();
+        if text.is_empty() {
+            return Ok(());
+        }
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|t| t.elapsed() < LOG_LINE_EVERY) {
+            return Ok(());
+        }
+        *last = Some(std::time::Instant::now());
+        writeln!(std::io::stderr(), "{text}")
+    }
+}
+
+impl TermLike for LogLines {
+    fn width(&self) -> u16 {
+        120
+    }
+    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        self.line(s)
+    }
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        self.line(s)
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 fn strictness(strict: bool) -> Strictness {
