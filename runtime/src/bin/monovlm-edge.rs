@@ -253,16 +253,20 @@ struct Setup {
     grounder: Grounder,
 }
 
+/// The `--query` values, each checked by the protocol (numbered in errors).
+fn parse_queries(args: &RunArgs) -> anyhow::Result<Vec<Query>> {
+    args.queries
+        .iter()
+        .enumerate()
+        .map(|(i, q)| Query::new(q).with_context(|| format!("--query #{}", i + 1)))
+        .collect()
+}
+
 fn setup(args: &RunArgs) -> anyhow::Result<Setup> {
     if args.queries.is_empty() {
         bail!("no --query given: say what to find, e.g. --query \"the white van on the right\"");
     }
-    let queries = args
-        .queries
-        .iter()
-        .enumerate()
-        .map(|(i, q)| Query::new(q).with_context(|| format!("--query #{}", i + 1)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let queries = parse_queries(args)?;
     let devices = parse_devices(&args.device).context("--device")?;
     let mut source = open_source(args)?;
     if let Some(f) = &args.intrinsics
@@ -451,12 +455,7 @@ fn seconds(flag: &str, value: Option<f64>, default: Duration) -> anyhow::Result<
 /// The daemon: checks every input before the model loads, then serves until Ctrl-C.
 fn serve(args: &RunArgs, flags: &ServeFlags) -> anyhow::Result<()> {
     let defaults = ServeConfig::default();
-    let initial_queries = args
-        .queries
-        .iter()
-        .enumerate()
-        .map(|(i, q)| Query::new(q).with_context(|| format!("--query #{}", i + 1)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let initial_queries = parse_queries(args)?;
     let api_key = flags.api_key.clone().or_else(|| std::env::var("MONOVLM_API_KEY").ok());
     let live = args.camera.is_some();
     let mut config = ServeConfig {
