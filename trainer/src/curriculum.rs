@@ -431,7 +431,7 @@ pub fn run(
             max_shard_bytes: 4 << 30,
         };
         checkpoint::save(&mut model, &stage_dir(out, stage_idx, stage), opts)?;
-        let val = validate(&model, inputs.tokenizer, inputs.val, cfg.val_max_new_tokens)?;
+        let val = validate(&model, inputs.tokenizer, inputs.val, cfg.val_max_new_tokens, pad)?;
         let eval = StageEval { stage: stage_idx, stage_name: stage.name.clone(), val };
         append_line(&out.join("eval.jsonl"), &serde_json::to_string(&eval).unwrap_or_default())?;
         observer.evaluated(&eval);
@@ -560,16 +560,30 @@ fn plot_stage(out: &Path, index: usize, stage: &StageConfig) -> Result<()> {
     }
 }
 
+/// A table cell: the nats per answer token the image is worth ([`ImageReliance::gain`]), or `-`.
+///
+/// [`ImageReliance::gain`]: crate::train::grounding::ImageReliance::gain
+fn image_gain_cell(v: &ValMetrics) -> String {
+    v.image.map_or_else(|| "-".to_owned(), |r| format!("{:.3}", r.gain()))
+}
+
 /// `summary.md`: the evaluation after every stage, and the compute used.
 fn write_summary(out: &Path, cfg: &CurriculumConfig, evals: &[StageEval]) -> Result<()> {
     let mut md = String::from(
-        "| stage | format % | 2D Acc@0.5 % | 3D Acc@0.25 % | 3D Acc@0.5 % | mIoU |\n|---|---:|---:|---:|---:|---:|\n",
+        "| stage | format % | 2D Acc@0.5 % | 3D Acc@0.25 % | 3D Acc@0.5 % | mIoU | image gain |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
     for e in evals {
         let v = &e.val;
         md.push_str(&format!(
-            "| {} {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} |\n",
-            e.stage, e.stage_name, v.format_pct, v.acc2d_050_pct, v.acc3d_025_pct, v.acc3d_050_pct, v.miou_3d
+            "| {} {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {} |\n",
+            e.stage,
+            e.stage_name,
+            v.format_pct,
+            v.acc2d_050_pct,
+            v.acc3d_025_pct,
+            v.acc3d_050_pct,
+            v.miou_3d,
+            image_gain_cell(v)
         ));
     }
     md.push_str(&format!("\nTraining samples consumed (SFT sequences + GRPO answers): {}\n", cfg.samples()));
@@ -583,18 +597,23 @@ fn write_summary(out: &Path, cfg: &CurriculumConfig, evals: &[StageEval]) -> Res
 /// [`Error::Io`] for unreadable `eval.jsonl` files.
 pub fn ablation_table(runs: &[(String, PathBuf, usize)]) -> Result<String> {
     let mut md = String::from(
-        "| recipe | samples | 3D Acc@0.25 % | 3D Acc@0.5 % | mIoU | 2D Acc@0.5 % | format % |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        "| recipe | samples | 3D Acc@0.25 % | 3D Acc@0.5 % | mIoU | 2D Acc@0.5 % | format % | image gain |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for (name, dir, samples) in runs {
         match read_evals(dir)?.last() {
             Some(e) => {
                 let v = &e.val;
                 md.push_str(&format!(
-                    "| {name} | {samples} | {:.1} | {:.1} | {:.3} | {:.1} | {:.1} |\n",
-                    v.acc3d_025_pct, v.acc3d_050_pct, v.miou_3d, v.acc2d_050_pct, v.format_pct
+                    "| {name} | {samples} | {:.1} | {:.1} | {:.3} | {:.1} | {:.1} | {} |\n",
+                    v.acc3d_025_pct,
+                    v.acc3d_050_pct,
+                    v.miou_3d,
+                    v.acc2d_050_pct,
+                    v.format_pct,
+                    image_gain_cell(v)
                 ));
             }
-            None => md.push_str(&format!("| {name} | {samples} | - | - | - | - | - |\n")),
+            None => md.push_str(&format!("| {name} | {samples} | - | - | - | - | - | - |\n")),
         }
     }
     Ok(md)

@@ -28,7 +28,7 @@ fn grpo_raises_the_reward_of_an_sft_warmed_model() {
         ..SftConfig::default()
     };
     train_sft(&mut model, &tokenizer, &train, &[], &sft, ids.pad, |_| {}).unwrap();
-    let before = validate(&model, &tokenizer, &val, 96).unwrap();
+    let before = validate(&model, &tokenizer, &val, 96, ids.pad).unwrap();
 
     // The reference: a frozen copy of the warmed model.
     let dir = std::env::temp_dir().join(format!("monovlm-grpo-ref-{}", std::process::id()));
@@ -92,7 +92,7 @@ fn grpo_raises_the_reward_of_an_sft_warmed_model() {
         rewards.push(m.reward);
         max_kl = max_kl.max(m.kl);
     }
-    let after = validate(&model, &tokenizer, &val, 96).unwrap();
+    let after = validate(&model, &tokenizer, &val, 96, ids.pad).unwrap();
     let first: f64 = rewards[..10].iter().sum::<f64>() / 10.0;
     let last: f64 = rewards[steps - 10..].iter().sum::<f64>() / 10.0;
     eprintln!(

@@ -1,5 +1,6 @@
 //! A tiny model trained from scratch by SFT learns to box one coloured object: its loss falls and
-//! its greedy answers, parsed by the protocol, box most held-out images (2D Acc@0.5 > 60%).
+//! its greedy answers, parsed by the protocol, box most held-out images (2D Acc@0.5 > 60%), and its
+//! answers come to depend on the image (another image's answer loss is higher).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -12,7 +13,7 @@ fn sft_learns_to_box_a_coloured_object() {
     let tokenizer = common::tokenizer();
     let (mut model, ids) = common::tiny_model(&tokenizer, 7);
     let (train, val) = common::train_val(&tokenizer, 256, 40, 11);
-    let before = validate(&model, &tokenizer, &val[..4], 96).unwrap();
+    let before = validate(&model, &tokenizer, &val[..4], 96, ids.pad).unwrap();
     let cfg = SftConfig {
         steps: 1200,
         batch_size: 8,
@@ -42,4 +43,37 @@ fn sft_learns_to_box_a_coloured_object() {
     // cleared, well above the 0% of the untrained model.
     assert!(val_metrics.format_pct >= 95.0, "{val_metrics:?}");
     assert!(val_metrics.acc2d_050_pct > 60.0, "{val_metrics:?}");
+    // The boxes come from the image: another image makes the same answers much less likely.
+    let image = val_metrics.image.unwrap();
+    assert_eq!(image.examples, val.len());
+    assert!(image.gain() > 0.1, "{image:?}");
+    assert!(image.gain() > before.image.unwrap().gain() + 0.1, "before {:?}, after {image:?}", before.image);
+}
+
+#[test]
+fn image_reliance_pairs_other_scenes_and_is_independent_of_the_batch_size() {
+    use monovlm_trainer::train::grounding::{Example, image_reliance};
+    tch::set_num_threads(2);
+    let tokenizer = common::tokenizer();
+    let (model, ids) = common::tiny_model(&tokenizer, 3);
+    let examples = common::examples(&tokenizer, 0, 6, 5);
+    let one = image_reliance(&model, &examples, ids.pad, 1).unwrap();
+    let all = image_reliance(&model, &examples, ids.pad, 6).unwrap();
+    assert_eq!(one.examples, 6);
+    assert!(one.answer_loss.is_finite() && one.answer_loss_other_image.is_finite(), "{one:?}");
+    // A token-weighted mean: batching (and its padding) changes nothing.
+    assert!((one.answer_loss - all.answer_loss).abs() < 1e-4, "{one:?} vs {all:?}");
+    assert!((one.answer_loss_other_image - all.answer_loss_other_image).abs() < 1e-4, "{one:?} vs {all:?}");
+    // One scene only: nothing to swap in.
+    let same_scene: Vec<Example> = examples
+        .iter()
+        .map(|e| Example {
+            record: e.record.clone(),
+            prompt: e.prompt.clone(),
+            target: e.target.clone(),
+            image: std::sync::Arc::clone(&examples[0].image),
+        })
+        .collect();
+    assert!(image_reliance(&model, &same_scene, ids.pad, 4).is_err());
+    assert!(image_reliance(&model, &examples, ids.pad, 0).is_err());
 }

@@ -200,3 +200,85 @@ pub fn evaluate_examples(
     let overall = CategoryMetrics::of("Overall", &samples);
     Ok((samples, overall))
 }
+
+/// How much a model's answers depend on the image: the answer cross-entropy of examples shown
+/// their own image, and shown the image of another scene. A model that reads its image is surprised
+/// by the wrong one (`answer_loss_other_image > answer_loss`); one that answers from the text
+/// alone — the plateau a from-scratch model sits on before it learns to look — scores the same.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ImageReliance {
+    /// Examples measured (those with another scene of the same patch grid to swap in).
+    pub examples: usize,
+    /// Mean next-token cross-entropy (nats per answer token), each example with its own image.
+    pub answer_loss: f64,
+    /// The same answers, each example given the image of another scene.
+    pub answer_loss_other_image: f64,
+}
+
+impl ImageReliance {
+    /// `answer_loss_other_image - answer_loss`: nats per answer token the image is worth.
+    pub fn gain(&self) -> f64 {
+        self.answer_loss_other_image - self.answer_loss
+    }
+}
+
+/// Measures [`ImageReliance`] on `examples` in batches of `batch_size` (no gradients).
+///
+/// Example `i` borrows the image of the first example from `i + n/2` on (cyclically) that shows
+/// another scene — another preprocessed image, as [`build_examples`] shares one per image — with
+/// the same patch grid (the prompt's image-pad count must stay valid); examples with no such
+/// partner are left out.
+///
+/// # Errors
+/// [`Error::ModelInput`] when no example can be measured or `batch_size` is 0; as
+/// [`super::causal_lm_loss`].
+pub fn image_reliance(
+    model: &Qwen25Vl,
+    examples: &[Example],
+    pad_id: i64,
+    batch_size: usize,
+) -> Result<ImageReliance> {
+    let n = examples.len();
+    let partner = |i: usize| {
+        (0..n).map(|k| (i + n / 2 + k) % n).find(|&j| {
+            !Arc::ptr_eq(&examples[j].image, &examples[i].image)
+                && examples[j].image.grid_thw == examples[i].image.grid_thw
+        })
+    };
+    let pairs: Vec<(usize, usize)> = (0..n).filter_map(|i| partner(i).map(|j| (i, j))).collect();
+    if pairs.is_empty() || batch_size == 0 {
+        return Err(Error::ModelInput(
+            "image reliance needs a positive batch size and two scenes with the same image size".into(),
+        ));
+    }
+    let _guard = tch::no_grad_guard();
+    let (mut own, mut other, mut tokens) = (0.0, 0.0, 0.0);
+    for chunk in pairs.chunks(batch_size) {
+        let with_image = |pick: fn(&(usize, usize)) -> usize| -> Vec<super::Sequence> {
+            chunk
+                .iter()
+                .map(|pair| {
+                    let (ex, img) = (&examples[pair.0], &examples[pick(pair)]);
+                    super::Sequence {
+                        prompt: ex.prompt.clone(),
+                        target: ex.target.clone(),
+                        pixel_values: Some(img.pixel_values()),
+                        grids: vec![img.image.grid_thw],
+                    }
+                })
+                .collect()
+        };
+        let own_batch = super::Batch::new(model, &with_image(|p| p.0), pad_id)?;
+        let other_batch = super::Batch::new(model, &with_image(|p| p.1), pad_id)?;
+        // Both batches supervise the same tokens; the loss is their mean, so weight by the count.
+        let count = own_batch.target_tokens() as f64;
+        own += super::causal_lm_loss(model, &own_batch)?.double_value(&[]) * count;
+        other += super::causal_lm_loss(model, &other_batch)?.double_value(&[]) * count;
+        tokens += count;
+    }
+    Ok(ImageReliance {
+        examples: pairs.len(),
+        answer_loss: own / tokens,
+        answer_loss_other_image: other / tokens,
+    })
+}

@@ -7,7 +7,7 @@ use monovlm_calib::synth::SplitMix64;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
-use super::grounding::{Example, evaluate_examples};
+use super::grounding::{Example, ImageReliance, evaluate_examples, image_reliance};
 use super::optim::{AdamW, AdamWConfig, CosineSchedule, clip_grad_norm};
 use super::{Batch, causal_lm_loss};
 use crate::model::Qwen25Vl;
@@ -52,6 +52,9 @@ impl Default for SftConfig {
     }
 }
 
+/// Sequences per forward pass when measuring [`ImageReliance`] in validation.
+const RELIANCE_BATCH: usize = 8;
+
 /// Validation metrics (Overall breakdown).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ValMetrics {
@@ -67,6 +70,10 @@ pub struct ValMetrics {
     pub acc3d_050_pct: f64,
     /// Mean exact 3D IoU.
     pub miou_3d: f64,
+    /// Answer loss with the right image and with another scene's (absent in logs written before
+    /// it was measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageReliance>,
 }
 
 /// One line of the SFT log.
@@ -87,17 +94,41 @@ pub struct SftLogLine {
     pub val: Option<ValMetrics>,
 }
 
-/// Greedy answers on `val`, scored.
+impl ValMetrics {
+    /// One line for logs: the metrics, and the image's worth in nats per answer token when measured.
+    pub fn summary(&self) -> String {
+        let mut line = format!(
+            "format {:.1}%  2D Acc@0.5 {:.1}%  3D Acc@0.25 {:.1}%  Acc@0.5 {:.1}%  mIoU {:.3}",
+            self.format_pct, self.acc2d_050_pct, self.acc3d_025_pct, self.acc3d_050_pct, self.miou_3d
+        );
+        if let Some(r) = &self.image {
+            line.push_str(&format!(
+                "  answer loss {:.4} (another scene's image: {:.4})",
+                r.answer_loss, r.answer_loss_other_image
+            ));
+        }
+        line
+    }
+}
+
+/// Greedy answers on `val`, scored, and the model's [`ImageReliance`] on the same examples (`None`
+/// when they hold no two scenes of one image size).
 ///
 /// # Errors
-/// As [`evaluate_examples`].
+/// As [`evaluate_examples`] and [`image_reliance`].
 pub fn validate(
     model: &Qwen25Vl,
     tokenizer: &Tokenizer,
     val: &[Example],
     max_new_tokens: usize,
+    pad_id: i64,
 ) -> Result<ValMetrics> {
     let (samples, overall) = evaluate_examples(model, tokenizer, val, max_new_tokens, || {})?;
+    let image = match image_reliance(model, val, pad_id, RELIANCE_BATCH) {
+        Ok(r) => Some(r),
+        Err(Error::ModelInput(_)) => None,
+        Err(e) => return Err(e),
+    };
     let n = samples.len().max(1) as f64;
     let pct = |s: Option<crate::eval::metrics::AccuracyStats>,
                f: fn(&crate::eval::metrics::AccuracyStats) -> f64| s.as_ref().map_or(0.0, f);
@@ -108,6 +139,7 @@ pub fn validate(
         acc3d_025_pct: pct(overall.iou_3d, |s| s.acc_at_025_pct),
         acc3d_050_pct: pct(overall.iou_3d, |s| s.acc_at_050_pct),
         miou_3d: pct(overall.iou_3d, |s| s.miou),
+        image,
     })
 }
 
@@ -156,7 +188,8 @@ pub fn train_sft(
         let last = step + 1 == cfg.steps;
         let val_now = !val.is_empty() && (last || (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0));
         let tokens_per_s = tokens / t0.elapsed().as_secs_f64().max(1e-9);
-        let val = if val_now { Some(validate(model, tokenizer, val, cfg.max_new_tokens)?) } else { None };
+        let val =
+            if val_now { Some(validate(model, tokenizer, val, cfg.max_new_tokens, pad_id)?) } else { None };
         let line = SftLogLine { step: step + 1, loss: loss_v, lr, grad_norm, tokens_per_s, val };
         on_step(&line);
         log.push(line);

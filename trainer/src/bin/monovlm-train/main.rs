@@ -48,6 +48,9 @@ enum Command {
     Init(model_cmds::InitArgs),
     /// Supervised fine-tuning on a dataset's grounding answers (loss on answer tokens only).
     Sft(model_cmds::SftArgs),
+    /// How much a checkpoint's answers depend on the image: answer loss with each example's own
+    /// image and with another scene's (equal when the model ignores its image).
+    Probe(model_cmds::ProbeArgs),
     /// Training and generation speed on a ~3M-parameter model (compare with
     /// scripts/reference/bench_qwen_torch.py).
     Bench(model_cmds::BenchArgs),
@@ -221,6 +224,16 @@ fn progress(len: usize, what: &str) -> ProgressBar {
     }
     bar.set_message(what.to_owned());
     bar
+}
+
+/// Writes `line` above `bar` on a terminal, or as a plain line on stderr otherwise — never
+/// throttled like the bar's own lines in logs, so no evaluation goes missing.
+fn print_above(bar: &ProgressBar, line: &str) {
+    if std::io::stderr().is_terminal() {
+        bar.println(line);
+    } else {
+        eprintln!("{line}");
+    }
 }
 
 /// How often a progress bar writes a line when stderr is not a terminal.
@@ -485,6 +498,7 @@ fn main() -> Result<()> {
         Command::Tokenizer(args) => tokenizer(args),
         Command::Init(args) => model_cmds::init(args),
         Command::Sft(args) => model_cmds::sft(args),
+        Command::Probe(args) => model_cmds::probe(args),
         Command::Bench(args) => model_cmds::bench(args),
         Command::Curriculum(args) => model_cmds::curriculum(args),
         Command::Ablation(args) => model_cmds::ablation(args),

@@ -12,11 +12,11 @@ use monovlm_trainer::eval::plots::{Curve, curves};
 use monovlm_trainer::model::presets::{ModelSize, SpecialIds};
 use monovlm_trainer::model::weights::parse_kind;
 use monovlm_trainer::model::{LoraConfig, Qwen25Vl, parse_device};
-use monovlm_trainer::train::grounding::build_examples;
+use monovlm_trainer::train::grounding::{build_examples, image_reliance};
 use monovlm_trainer::train::sft::{SftConfig, train_sft};
 use monovlm_trainer::{bench, tokenizer};
 
-use crate::progress;
+use crate::{print_above, progress};
 
 /// Arguments of `init`.
 #[derive(Debug, Args)]
@@ -74,6 +74,11 @@ pub struct SftArgs {
     /// Use only the first N training records.
     #[arg(long)]
     train_examples: Option<usize>,
+    /// Train only on objects whose 2D box is at least this tall in the camera image (pixels): an
+    /// easy-first curriculum of near, large objects, for a from-scratch model that has not learnt
+    /// to look at its image yet. Validation keeps every record.
+    #[arg(long)]
+    min_box_height_px: Option<f64>,
     /// LoRA rank; 0 trains every weight.
     #[arg(long, default_value_t = 0)]
     lora_rank: i64,
@@ -95,6 +100,29 @@ pub struct SftArgs {
 }
 
 /// Arguments of `bench`.
+/// Arguments of `probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Checkpoint to measure (a Hugging Face directory with tokenizer.json).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Dataset root (Mono3DRefer layout).
+    #[arg(long)]
+    data: PathBuf,
+    /// Split: train, val or test.
+    #[arg(long, default_value = "val")]
+    split: Split,
+    /// The split's first N records.
+    #[arg(long, default_value_t = 256)]
+    examples: usize,
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// libtorch threads (0 = libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+}
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// libtorch threads (the reference is measured with 1).
@@ -142,6 +170,36 @@ pub fn init(args: &InitArgs) -> Result<()> {
     Ok(())
 }
 
+/// `probe`: how much a checkpoint's answers depend on the image (answer loss with each example's own
+/// image and with another scene's), as one JSON line on stdout.
+pub fn probe(args: &ProbeArgs) -> Result<()> {
+    if args.threads > 0 {
+        tch::set_num_threads(args.threads);
+    }
+    let dataset = monovlm_trainer::data::mono3drefer::Dataset::load(&args.data, Strictness::Lenient)
+        .with_context(|| format!("loading {}", args.data.display()))?;
+    let tok = tokenizer::load(&args.checkpoint).context("the checkpoint needs a tokenizer.json")?;
+    let ids = SpecialIds::of(&tok)?;
+    let meta = MonovlmMeta::read(&args.checkpoint)?
+        .unwrap_or_else(|| MonovlmMeta::new(&PreprocessConfig::default()));
+    let model = Qwen25Vl::load(&args.checkpoint, tch::Device::Cpu, tch::Kind::Float)
+        .with_context(|| format!("loading {}", args.checkpoint.display()))?;
+    let bar = progress(args.examples, "preparing examples");
+    let examples =
+        build_examples(&dataset, args.split, &tok, &meta.preprocess_config(), Some(args.examples), || {
+            bar.inc(1)
+        })?;
+    bar.finish_and_clear();
+    let r = image_reliance(&model, &examples, ids.pad, args.batch)?;
+    let line = serde_json::json!({
+        "checkpoint": args.checkpoint, "split": args.split.to_string(), "examples": r.examples,
+        "answer_loss": r.answer_loss, "answer_loss_other_image": r.answer_loss_other_image,
+        "image_gain_nats_per_token": r.gain(),
+    });
+    writeln!(std::io::stdout(), "{line}")?;
+    Ok(())
+}
+
 pub fn sft(args: &SftArgs) -> Result<()> {
     if args.threads > 0 {
         tch::set_num_threads(args.threads);
@@ -169,11 +227,15 @@ pub fn sft(args: &SftArgs) -> Result<()> {
         .unwrap_or(dataset.records(Split::Train).len())
         .min(dataset.records(Split::Train).len());
     let bar = progress(n_train + args.val_examples, "preparing examples");
-    let train = build_examples(&dataset, Split::Train, &tok, &pre, Some(n_train), || bar.inc(1))?;
+    let mut train = build_examples(&dataset, Split::Train, &tok, &pre, Some(n_train), || bar.inc(1))?;
     let val = build_examples(&dataset, Split::Val, &tok, &pre, Some(args.val_examples), || bar.inc(1))?;
     bar.finish_and_clear();
+    if let Some(min_h) = args.min_box_height_px {
+        train.retain(|e| e.record.label.bbox.height() >= min_h);
+        eprintln!("{} training records have a 2D box at least {min_h} px tall", train.len());
+    }
     if train.is_empty() {
-        bail!("the train split of {} has no records", args.data.display());
+        bail!("no training records in {} (after the filters)", args.data.display());
     }
     let cfg = SftConfig {
         steps: args.steps,
@@ -191,10 +253,7 @@ pub fn sft(args: &SftArgs) -> Result<()> {
         bar.inc(1);
         bar.set_message(format!("loss {:.4}  {:.0} tok/s", l.loss, l.tokens_per_s));
         if let Some(v) = &l.val {
-            bar.println(format!(
-                "step {}: val format {:.1}%  2D Acc@0.5 {:.1}%  3D Acc@0.25 {:.1}%  Acc@0.5 {:.1}%  mIoU {:.3}",
-                l.step, v.format_pct, v.acc2d_050_pct, v.acc3d_025_pct, v.acc3d_050_pct, v.miou_3d
-            ));
+            print_above(&bar, &format!("step {}: val {}", l.step, v.summary()));
         }
         lines.push(serde_json::to_string(l).unwrap_or_default());
     })?;
@@ -204,7 +263,7 @@ pub fn sft(args: &SftArgs) -> Result<()> {
         name: "sft".into(),
         steps: args.steps,
         details: serde_json::json!({
-            "data": args.data, "train_examples": train.len(), "batch_size": args.batch_size, "lr": args.lr,
+            "data": args.data, "train_examples": train.len(), "min_box_height_px": args.min_box_height_px, "batch_size": args.batch_size, "lr": args.lr,
             "lora_rank": args.lora_rank, "val": last_val, "seconds": start.elapsed().as_secs_f64(),
         }),
     });
@@ -339,13 +398,9 @@ impl monovlm_trainer::curriculum::Observer for Bars {
     }
 
     fn evaluated(&mut self, e: &monovlm_trainer::curriculum::StageEval) {
-        let v = &e.val;
-        let line = format!(
-            "after stage {} {}: format {:.1}%  2D Acc@0.5 {:.1}%  3D Acc@0.25 {:.1}%  Acc@0.5 {:.1}%  mIoU {:.3}",
-            e.stage, e.stage_name, v.format_pct, v.acc2d_050_pct, v.acc3d_025_pct, v.acc3d_050_pct, v.miou_3d
-        );
+        let line = format!("after stage {} {}: {}", e.stage, e.stage_name, e.val.summary());
         match &self.bar {
-            Some(b) => b.println(line),
+            Some(b) => print_above(b, &line),
             None => eprintln!("{line}"),
         }
     }
