@@ -19,6 +19,7 @@
 use image::RgbImage;
 use monovlm_calib::{Intrinsics, ResizeMap};
 use ndarray::{Array1, Array2};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
@@ -212,8 +213,17 @@ pub fn preprocess_image(
     let Some(out) = pixel_values.as_slice_mut() else {
         return Err(Error::InvalidPreprocessConfig("pixel buffer is not contiguous".into()));
     };
-    resample_rows(rgb.as_raw(), in_w, in_h, out_w, out_h, |y, row| {
-        write_patch_row(out, row, y, grid_w, &lut)
+    // One band = one row of merge blocks (28 output rows); its patch rows are one contiguous run
+    // of `pixel_values`, so the bands are written in parallel without sharing.
+    let resampler = Resampler::new(rgb.as_raw(), in_w, in_h, out_w, out_h);
+    let band_rows = PATCH_SIZE_PX * MERGE_SIZE;
+    let band_len = grid_w * MERGE_SIZE * PATCH_ROW_LEN;
+    out.par_chunks_mut(band_len).enumerate().for_each(|(band, patches)| {
+        let mut scratch = resampler.scratch();
+        for y in 0..band_rows {
+            let row = resampler.row(band * band_rows + y, &mut scratch);
+            write_patch_row(patches, row, y, grid_w, &lut);
+        }
     });
 
     Ok(Preprocessed {
@@ -245,9 +255,11 @@ pub fn resize_bicubic(rgb: &RgbImage, width: u32, height: u32) -> Result<RgbImag
     let (out_w, out_h) = (width as usize, height as usize);
     let row_len = out_w * CHANNELS;
     let mut out = vec![0u8; row_len * out_h];
-    resample_rows(rgb.as_raw(), in_w, in_h, out_w, out_h, |y, row| {
-        out[y * row_len..(y + 1) * row_len].copy_from_slice(row);
-    });
+    let resampler = Resampler::new(rgb.as_raw(), in_w, in_h, out_w, out_h);
+    out.par_chunks_mut(row_len).enumerate().for_each_init(
+        || resampler.scratch(),
+        |scratch, (y, dst)| dst.copy_from_slice(resampler.row(y, scratch)),
+    );
     RgbImage::from_raw(width, height, out)
         .ok_or_else(|| Error::InvalidPreprocessConfig("resized buffer has the wrong length".into()))
 }
@@ -343,43 +355,78 @@ impl Coefficients {
 }
 
 /// Pillow's two-pass 8-bit bicubic resize of interleaved RGB `src` (`in_w x in_h`) to
-/// `out_w x out_h`, handing each output row (`out_w * 3` bytes) to `sink(y, row)` in order.
+/// `out_w x out_h`, one output row (`out_w * 3` bytes) at a time, in any order and from any thread.
 ///
 /// Pass order as Pillow 13's `ImagingResampleInner`: horizontal first, unless the height shrinks
 /// by more than twice as many pixels as the width does — then vertical first. The order changes
-/// the 8-bit rounding between the passes, so it must match.
-fn resample_rows(
-    src: &[u8],
-    in_w: usize,
-    in_h: usize,
+/// the 8-bit rounding between the passes, so it must match. Horizontal first: the source rows the
+/// vertical pass reads are resampled horizontally once, up front and in parallel (as Pillow, which
+/// also resamples only those rows). The integer sums are exact, so the order of work does not
+/// change a single byte.
+struct Resampler<'a> {
+    horizontal: Coefficients,
+    vertical: Coefficients,
     out_w: usize,
-    out_h: usize,
-    mut sink: impl FnMut(usize, &[u8]),
-) {
-    let horizontal = Coefficients::bicubic(in_w, out_w);
-    let vertical = Coefficients::bicubic(in_h, out_h);
-    let shrink_h = in_h as i64 - out_h as i64;
-    let shrink_w = in_w as i64 - out_w as i64;
-    let vertical_first = shrink_h > 0 && shrink_h > 2 * shrink_w;
-    if vertical_first {
-        let mut acc = vec![0i32; in_w * CHANNELS];
-        let mut mid = vec![0u8; in_w * CHANNELS];
-        let mut row = vec![0u8; out_w * CHANNELS];
-        for y in 0..out_h {
-            vertical_row(src, 0, &vertical, y, &mut acc, &mut mid);
-            horizontal_pass_row(&mid, &mut row, &horizontal);
-            sink(y, &row);
+    pass: FirstPass<'a>,
+}
+
+/// What the second pass reads.
+enum FirstPass<'a> {
+    /// Vertical first: the source itself.
+    Vertical { src: &'a [u8], in_w: usize },
+    /// Horizontal first: source rows `[row_first, ..)` resampled horizontally.
+    Horizontal { rows: Vec<u8>, row_first: usize },
+}
+
+/// Per-thread buffers of [`Resampler::row`].
+struct Scratch {
+    acc: Vec<i32>,
+    mid: Vec<u8>,
+    row: Vec<u8>,
+}
+
+impl<'a> Resampler<'a> {
+    fn new(src: &'a [u8], in_w: usize, in_h: usize, out_w: usize, out_h: usize) -> Self {
+        let horizontal = Coefficients::bicubic(in_w, out_w);
+        let vertical = Coefficients::bicubic(in_h, out_h);
+        let shrink_h = in_h as i64 - out_h as i64;
+        let shrink_w = in_w as i64 - out_w as i64;
+        let pass = if shrink_h > 0 && shrink_h > 2 * shrink_w {
+            FirstPass::Vertical { src, in_w }
+        } else {
+            let (row_first, row_last) = vertical.source_range();
+            FirstPass::Horizontal {
+                rows: resample_horizontal(src, in_w, row_first, row_last, &horizontal),
+                row_first,
+            }
+        };
+        Self { horizontal, vertical, out_w, pass }
+    }
+
+    fn scratch(&self) -> Scratch {
+        let mid_w = match &self.pass {
+            FirstPass::Vertical { in_w, .. } => *in_w,
+            FirstPass::Horizontal { .. } => self.out_w,
+        };
+        Scratch {
+            acc: vec![0; mid_w * CHANNELS],
+            mid: vec![0; mid_w * CHANNELS],
+            row: vec![0; self.out_w * CHANNELS],
         }
-    } else {
-        // Only the source rows the vertical pass reads are resampled horizontally (as Pillow does).
-        let (row_first, row_last) = vertical.source_range();
-        let temp = resample_horizontal(src, in_w, row_first, row_last, &horizontal);
-        let mut acc = vec![0i32; out_w * CHANNELS];
-        let mut row = vec![0u8; out_w * CHANNELS];
-        for y in 0..out_h {
-            vertical_row(&temp, row_first, &vertical, y, &mut acc, &mut row);
-            sink(y, &row);
+    }
+
+    /// Output row `y`, in `scratch`.
+    fn row<'s>(&self, y: usize, scratch: &'s mut Scratch) -> &'s [u8] {
+        match &self.pass {
+            FirstPass::Vertical { src, .. } => {
+                vertical_row(src, 0, &self.vertical, y, &mut scratch.acc, &mut scratch.mid);
+                horizontal_pass_row(&scratch.mid, &mut scratch.row, &self.horizontal);
+            }
+            FirstPass::Horizontal { rows, row_first } => {
+                vertical_row(rows, *row_first, &self.vertical, y, &mut scratch.acc, &mut scratch.row);
+            }
         }
+        &scratch.row
     }
 }
 
@@ -416,11 +463,9 @@ fn resample_horizontal(
     let in_row_len = in_w * CHANNELS;
     let out_row_len = out_w * CHANNELS;
     let mut out = vec![0u8; out_row_len * (row_last - row_first)];
-    for (dst, src_row) in
-        out.chunks_exact_mut(out_row_len).zip(src[row_first * in_row_len..].chunks_exact(in_row_len))
-    {
-        horizontal_pass_row(src_row, dst, c);
-    }
+    out.par_chunks_exact_mut(out_row_len)
+        .zip(src[row_first * in_row_len..].par_chunks_exact(in_row_len))
+        .for_each(|(dst, src_row)| horizontal_pass_row(src_row, dst, c));
     out
 }
 

@@ -12,7 +12,7 @@ use monovlm_trainer::eval::plots::{Curve, curves};
 use monovlm_trainer::model::presets::{ModelSize, SpecialIds};
 use monovlm_trainer::model::weights::parse_kind;
 use monovlm_trainer::model::{LoraConfig, Qwen25Vl, parse_device};
-use monovlm_trainer::train::grounding::{build_examples, image_reliance};
+use monovlm_trainer::train::grounding::{build_crop_examples, build_examples, image_reliance};
 use monovlm_trainer::train::sft::{SftConfig, train_sft};
 use monovlm_trainer::{bench, tokenizer};
 
@@ -79,6 +79,20 @@ pub struct SftArgs {
     /// to look at its image yet. Validation keeps every record.
     #[arg(long)]
     min_box_height_px: Option<f64>,
+    /// Also train on N zoomed crops around described objects (`--zoom` times the object's size,
+    /// cropped intrinsics), where the object fills a sizeable share of the image: an easy-first
+    /// stage for a from-scratch model. 0: full frames only.
+    #[arg(long, default_value_t = 0)]
+    crop_examples: usize,
+    /// Smallest crop width over the width the object needs (drawn uniformly up to `--zoom-max`).
+    #[arg(long, default_value_t = 2.0)]
+    zoom_min: f64,
+    /// Largest crop width over the width the object needs.
+    #[arg(long, default_value_t = 4.0)]
+    zoom_max: f64,
+    /// Train on the zoomed crops only (no full frames): the first stage of the easy-first curriculum.
+    #[arg(long)]
+    crops_only: bool,
     /// LoRA rank; 0 trains every weight.
     #[arg(long, default_value_t = 0)]
     lora_rank: i64,
@@ -236,6 +250,27 @@ pub fn sft(args: &SftArgs) -> Result<()> {
     }
     if train.is_empty() {
         bail!("no training records in {} (after the filters)", args.data.display());
+    }
+    if args.crop_examples > 0 {
+        let bar = progress(args.crop_examples, "zoomed crops");
+        let zoom = (args.zoom_min, args.zoom_max);
+        let crops = build_crop_examples(
+            &dataset,
+            Split::Train,
+            &tok,
+            &pre,
+            args.crop_examples,
+            zoom,
+            args.seed,
+            || bar.inc(1),
+        )?;
+        bar.finish_and_clear();
+        if args.crops_only {
+            train = crops;
+        } else {
+            train.extend(crops);
+        }
+        eprintln!("{} training examples with {} zoomed crops", train.len(), args.crop_examples);
     }
     let cfg = SftConfig {
         steps: args.steps,
