@@ -176,39 +176,30 @@ pub fn build_crop_examples(
         return Ok(Vec::new());
     }
     let mut rng = SplitMix64::new(seed);
-    let mut frames: HashMap<String, (image::RgbImage, Intrinsics)> = HashMap::new();
+    // The records of one image are consecutive: one decoded frame at a time is enough.
+    let mut frame: Option<(String, image::RgbImage, Intrinsics)> = None;
     let mut out = Vec::with_capacity(count);
     for record in records.iter().cycle().take(count) {
-        if !frames.contains_key(&record.image) {
-            let rgb = read_rgb(&dataset.image_path(&record.image)?)?;
-            frames.insert(record.image.clone(), (rgb, dataset.intrinsics(&record.image)?));
-        }
-        let (rgb, k) = &frames[&record.image];
-        let (full_w, full_h) = (f64::from(rgb.width()), f64::from(rgb.height()));
-        let aspect = full_w / full_h;
-        let b = record.label.bbox;
-        let need = b.width().max(b.height() * aspect);
-        let crop_w = (rng.range(zoom.0, zoom.1) * need).clamp(full_w.min(64.0 * aspect), full_w);
-        let crop_h = (crop_w / aspect).min(full_h);
-        // The object inside when it fits: x0 in [x2 - w, x1], clamped to the image.
-        let pick = |rng: &mut SplitMix64, lo: f64, hi: f64, size: f64, full: f64| {
-            let (lo, hi) = (lo.max(0.0), hi.min(full - size).max(0.0));
-            if lo < hi { rng.range(lo, hi) } else { hi }.floor()
+        let (name, rgb, k) = match frame.take() {
+            Some(f) if f.0 == record.image => f,
+            _ => (
+                record.image.clone(),
+                read_rgb(&dataset.image_path(&record.image)?)?,
+                dataset.intrinsics(&record.image)?,
+            ),
         };
-        let x0 = pick(&mut rng, b.x2 - crop_w, b.x1, crop_w, full_w);
-        let y0 = pick(&mut rng, b.y2 - crop_h, b.y1, crop_h, full_h);
-        let (x0, y0, cw, ch) = (x0 as u32, y0 as u32, crop_w.round() as u32, crop_h.round() as u32);
-        let (cw, ch) = (cw.min(rgb.width() - x0), ch.min(rgb.height() - y0));
-        let crop_k = k.cropped(x0, y0, cw, ch)?;
-        let crop = image::imageops::crop_imm(rgb, x0, y0, cw, ch).to_image();
+        let (x0, y0, w, h) = crop_window(&record.label.bbox, rgb.width(), rgb.height(), zoom, &mut rng);
+        let crop_k = k.cropped(x0, y0, w, h)?;
+        let crop = image::imageops::crop_imm(&rgb, x0, y0, w, h).to_image();
+        frame = Some((name, rgb, k));
         let image = Arc::new(preprocess_image(&crop, &crop_k, pre)?);
         let mut record = record.clone();
-        let (dx, dy) = (f64::from(x0), f64::from(y0));
+        let (b, dx, dy) = (record.label.bbox, f64::from(x0), f64::from(y0));
         record.label.bbox = Box2d {
-            x1: (b.x1 - dx).clamp(0.0, f64::from(cw)),
-            y1: (b.y1 - dy).clamp(0.0, f64::from(ch)),
-            x2: (b.x2 - dx).clamp(0.0, f64::from(cw)),
-            y2: (b.y2 - dy).clamp(0.0, f64::from(ch)),
+            x1: (b.x1 - dx).clamp(0.0, f64::from(w)),
+            y1: (b.y1 - dy).clamp(0.0, f64::from(h)),
+            x2: (b.x2 - dx).clamp(0.0, f64::from(w)),
+            y2: (b.y2 - dy).clamp(0.0, f64::from(h)),
         };
         let query = Query::new(&record.description)?;
         let prompt = protocol::chat_prompt(&query, &image.intrinsics, image.num_image_tokens);
@@ -223,6 +214,36 @@ pub fn build_crop_examples(
         on_example();
     }
     Ok(out)
+}
+
+/// A crop `(x0, y0, width, height)` of a `full_w x full_h` frame with the frame's aspect ratio,
+/// `zoom` times as wide as `object` needs (at least 64 px tall, at most the frame), placed at random
+/// so that the object is inside when it fits, and inside the frame always.
+fn crop_window(
+    object: &Box2d,
+    full_w: u32,
+    full_h: u32,
+    zoom: (f64, f64),
+    rng: &mut SplitMix64,
+) -> (u32, u32, u32, u32) {
+    let (fw, fh) = (f64::from(full_w), f64::from(full_h));
+    let aspect = fw / fh;
+    let need = object.width().max(object.height() * aspect);
+    let crop_w = (rng.range(zoom.0, zoom.1) * need).clamp(fw.min(64.0 * aspect), fw);
+    let crop_h = (crop_w / aspect).min(fh);
+    // The start in [object end - size, object start], within [0, full - size].
+    let mut start = |lo: f64, hi: f64, size: f64, full: f64| {
+        let (lo, hi) = (lo.max(0.0), hi.min(full - size).max(0.0));
+        let v = if lo < hi { rng.range(lo, hi) } else { hi };
+        v.floor() as u32
+    };
+    let x0 = start(object.x2 - crop_w, object.x1, crop_w, fw).min(full_w.saturating_sub(1));
+    let y0 = start(object.y2 - crop_h, object.y1, crop_h, fh).min(full_h.saturating_sub(1));
+    // Rounding never takes the crop past the frame (an empty frame gives an empty crop, which
+    // `Intrinsics::cropped` rejects).
+    let w = (crop_w.round() as u32).min(full_w - x0);
+    let h = (crop_h.round() as u32).min(full_h - y0);
+    (x0, y0, w, h)
 }
 
 fn load_image(dataset: &Dataset, name: &str, pre: &PreprocessConfig) -> Result<Preprocessed> {
