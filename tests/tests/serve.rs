@@ -137,6 +137,41 @@ async fn post_raw(base: &str, content_type: &str, body: Vec<u8>) -> (u16, Value)
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// POSTs `total` bytes of white space in 4 KiB chunks with `Transfer-Encoding: chunked` (no
+/// Content-Length, so only the streaming limit can stop it) over a raw TCP connection; returns the
+/// status and the JSON body of the answer.
+async fn post_chunked(addr: SocketAddr, total: usize) -> (u16, Value) {
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read as _, Write as _};
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+        let head = format!(
+            "POST /v1/ground HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).unwrap();
+        let chunk = vec![b' '; 4096];
+        let mut sent = 0;
+        while sent < total {
+            let frame = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+            // The server may answer and close before everything is sent.
+            if tcp.write_all(&frame).is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        let _ = tcp.write_all(b"0\r\n\r\n");
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    })
+    .await
+    .unwrap()
+}
+
 async fn wait_ready(base: &str) {
     let t = Instant::now();
     loop {
@@ -311,6 +346,11 @@ async fn malformed_requests_get_json_4xx_and_the_daemon_keeps_serving() {
         ("malformed JSON", 400, post_raw(&base, "application/json", b"{\"query\": ".to_vec()).await),
         ("wrong content type", 415, post_raw(&base, "text/plain", b"{\"query\": \"x\"}".to_vec()).await),
         ("huge body", 413, post_raw(&base, "application/json", vec![b' '; (64 << 10) + 1024]).await),
+        (
+            "huge chunked body, no Content-Length",
+            413,
+            post_chunked(server.local_addr(), (64 << 10) + 8192).await,
+        ),
         ("invalid base64", 400, post(&base, &json!({"query": "a", "image_base64": "%%%not base64"})).await),
         (
             "undecodable image",
@@ -373,6 +413,15 @@ async fn malformed_requests_get_json_4xx_and_the_daemon_keeps_serving() {
         let code = error_code(status, &body, &[want]);
         assert!(!code.is_empty(), "{what}: no code in {body}");
     }
+    // A chunked body under the limit is read whole (and then judged as JSON: spaces only).
+    let (status, body) = post_chunked(server.local_addr(), 8192).await;
+    assert_eq!(error_code(status, &body, &[400]), "malformed_json", "{body}");
+    // SSE is also chosen by the Accept header, not only by ?sse=1.
+    let sse =
+        client().get(format!("{base}/v1/stream")).header("accept", "text/event-stream").send().await.unwrap();
+    assert_eq!(sse.status().as_u16(), 200);
+    assert_eq!(sse.headers()["content-type"], "text/event-stream");
+    drop(sse);
     // Still serving.
     assert_eq!(get(&base, "/healthz").await.0, 200);
     let (status, out) = post(&base, &json!({"query": "the car"})).await;
