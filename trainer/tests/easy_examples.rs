@@ -1,4 +1,4 @@
-//! Zoomed crops around the described object: the easy-first training examples of a from-scratch model.
+//! Zoomed crops around the described object: geometry kept, object enlarged.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -148,11 +148,11 @@ pub fn build_examples(
 /// object (clamped to the image), with the cropped intrinsics. The 3D box is unchanged (a crop moves
 /// the principal point, not the camera); the 2D box is shifted into the crop.
 ///
-/// In the full frame a described object covers a few percent of the image tokens, and a
-/// from-scratch model's uniform attention barely sees it; in a zoomed crop it covers a sizeable
-/// share, which is when such a model learns to read its image at all (docs/results.md). The
-/// description is kept, though objects it relates to may fall outside the crop: an easy-first
-/// curriculum stage, not evaluation data. Each crop is its own preprocessed image (no sharing).
+/// In a zoomed crop the object covers a sizeable share of the image tokens instead of a few
+/// percent. A from-scratch model learns to read crops sooner, though in our runs that did not carry
+/// over to full frames any sooner than plain training (docs/results.md). The description is kept,
+/// though objects it relates to may fall outside the crop: training data, not evaluation data.
+/// Each crop is its own preprocessed image (no sharing).
 ///
 /// # Errors
 /// [`Error::InvalidConfig`] for a zoom range that is not `0 < min <= max`; as [`build_examples`];

@@ -79,9 +79,9 @@ pub struct SftArgs {
     /// to look at its image yet. Validation keeps every record.
     #[arg(long)]
     min_box_height_px: Option<f64>,
-    /// Also train on N zoomed crops around described objects (`--zoom` times the object's size,
-    /// cropped intrinsics), where the object fills a sizeable share of the image: an easy-first
-    /// stage for a from-scratch model. 0: full frames only.
+    /// Also train on N zoomed crops around described objects (`--zoom-min`..`--zoom-max` times the
+    /// width the object needs, cropped intrinsics, 3D box unchanged): a geometry-preserving
+    /// augmentation. 0: full frames only.
     #[arg(long, default_value_t = 0)]
     crop_examples: usize,
     /// Smallest crop width over the width the object needs (drawn uniformly up to `--zoom-max`).
@@ -90,7 +90,7 @@ pub struct SftArgs {
     /// Largest crop width over the width the object needs.
     #[arg(long, default_value_t = 4.0)]
     zoom_max: f64,
-    /// Train on the zoomed crops only (no full frames): the first stage of the easy-first curriculum.
+    /// Train on the zoomed crops only (no full frames).
     #[arg(long)]
     crops_only: bool,
     /// LoRA rank; 0 trains every weight.
