@@ -113,7 +113,6 @@ pub fn build_examples(
     mut on_example: impl FnMut(),
 ) -> Result<Vec<Example>> {
     let mut images: HashMap<String, Arc<Preprocessed>> = HashMap::new();
-    let im_end = tokens::IM_END;
     let records = dataset.records(split);
     let records = &records[..limit.unwrap_or(records.len()).min(records.len())];
     let mut out = Vec::with_capacity(records.len());
@@ -126,16 +125,7 @@ pub fn build_examples(
                 p
             }
         };
-        let query = Query::new(&record.description)?;
-        let prompt = protocol::chat_prompt(&query, &image.intrinsics, image.num_image_tokens);
-        let answer = Answer { bbox_2d: image.resize_map.map_box(&record.label.bbox), bbox_3d: record.box3d };
-        let target = format!("{}{im_end}", protocol::format_answer(&answer));
-        out.push(Example {
-            record: record.clone(),
-            prompt: encode(tokenizer, &prompt)?,
-            target: encode(tokenizer, &target)?,
-            image,
-        });
+        out.push(grounding_example(record.clone(), image, tokenizer)?);
         on_example();
     }
     Ok(out)
@@ -201,16 +191,7 @@ pub fn build_crop_examples(
             x2: (b.x2 - dx).clamp(0.0, f64::from(w)),
             y2: (b.y2 - dy).clamp(0.0, f64::from(h)),
         };
-        let query = Query::new(&record.description)?;
-        let prompt = protocol::chat_prompt(&query, &image.intrinsics, image.num_image_tokens);
-        let answer = Answer { bbox_2d: image.resize_map.map_box(&record.label.bbox), bbox_3d: record.box3d };
-        let target = format!("{}{}", protocol::format_answer(&answer), tokens::IM_END);
-        out.push(Example {
-            prompt: encode(tokenizer, &prompt)?,
-            target: encode(tokenizer, &target)?,
-            record,
-            image,
-        });
+        out.push(grounding_example(record, image, tokenizer)?);
         on_example();
     }
     Ok(out)
@@ -244,6 +225,16 @@ fn crop_window(
     let w = (crop_w.round() as u32).min(full_w - x0);
     let h = (crop_h.round() as u32).min(full_h - y0);
     (x0, y0, w, h)
+}
+
+/// The example of `record` on `image`: the protocol's prompt and answer (2D box mapped into the
+/// model input), tokenised.
+fn grounding_example(record: Record, image: Arc<Preprocessed>, tokenizer: &Tokenizer) -> Result<Example> {
+    let query = Query::new(&record.description)?;
+    let prompt = protocol::chat_prompt(&query, &image.intrinsics, image.num_image_tokens);
+    let answer = Answer { bbox_2d: image.resize_map.map_box(&record.label.bbox), bbox_3d: record.box3d };
+    let target = format!("{}{}", protocol::format_answer(&answer), tokens::IM_END);
+    Ok(Example { prompt: encode(tokenizer, &prompt)?, target: encode(tokenizer, &target)?, record, image })
 }
 
 fn load_image(dataset: &Dataset, name: &str, pre: &PreprocessConfig) -> Result<Preprocessed> {
