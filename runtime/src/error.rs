@@ -65,6 +65,9 @@ pub enum Error {
         /// Its value.
         value: f64,
     },
+    /// A checkpoint or package speaks a protocol version this code does not know.
+    #[error("answer protocol v{0}: this build speaks v1 (image first) and v2 (text first)")]
+    UnsupportedProtocol(u32),
     /// A 2D box with `x2 < x1` or `y2 < y1`.
     #[error("\"bbox_2d\" [{x1}, {y1}, {x2}, {y2}] has x2 < x1 or y2 < y1")]
     InvertedBox2d {

@@ -309,7 +309,7 @@ impl Grounder {
     /// # Errors
     /// [`Error::Tokenizer`] when the tokenizer fails.
     pub fn prompt_tokens(&self, query: &Query, pre: &Preprocessed) -> Result<Vec<i64>> {
-        let text = protocol::chat_prompt(query, &pre.intrinsics, 0);
+        let text = protocol::chat_prompt(query, &pre.intrinsics, 0, self.package.layout);
         let marker = format!("{}{}", protocol::tokens::VISION_START, protocol::tokens::VISION_END);
         let (before, after) = text
             .split_once(&marker)

@@ -96,8 +96,9 @@ pub struct ModelPackage {
     pub precision: Precision,
     /// Image size bounds and normalisation.
     pub preprocess: PreprocessConfig,
-    /// Answer-protocol version the model was trained with.
-    pub protocol_version: u32,
+    /// The prompt layout of the answer-protocol version the model was trained with
+    /// (`monovlm.json`'s `protocol_version`; [`protocol::PROTOCOL_VERSION`] when absent).
+    pub layout: protocol::PromptLayout,
 }
 
 fn package_err(path: &Path, problem: impl Into<String>) -> Error {
@@ -221,15 +222,8 @@ impl ModelPackage {
             .and_then(Value::as_u64)
             .and_then(|v| u32::try_from(v).ok())
             .unwrap_or(protocol::PROTOCOL_VERSION);
-        if protocol_version != protocol::PROTOCOL_VERSION {
-            return Err(package_err(
-                &meta_path,
-                format!(
-                    "answer protocol v{protocol_version}; this runtime speaks v{}",
-                    protocol::PROTOCOL_VERSION
-                ),
-            ));
-        }
+        let layout = protocol::PromptLayout::for_version(protocol_version)
+            .map_err(|e| package_err(&meta_path, e.to_string()))?;
         let precision = match pkg.get("precision").and_then(Value::as_str).unwrap_or("fp32") {
             "fp32" => Precision::Fp32,
             "fp16" => Precision::Fp16,
@@ -291,7 +285,7 @@ impl ModelPackage {
             graphs,
             precision,
             preprocess,
-            protocol_version,
+            layout,
         })
     }
 

@@ -14,8 +14,43 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
-/// Version of this protocol, recorded in checkpoints and model packages (`monovlm.json`).
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of this protocol that new checkpoints and packages get, recorded in `monovlm.json`.
+/// Versions differ in the [`PromptLayout`] only; the answer format is the same.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Where the image block sits in the user turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PromptLayout {
+    /// Protocol v1: the image, then the text (the order of Qwen2.5-VL's own chat examples).
+    ImageFirst,
+    /// Protocol v2: the text (intrinsics, query, answer format), then the image. Under causal
+    /// attention the image tokens can then read the query, and the answer starts the same number
+    /// of positions after the image for every query. A from-scratch model starts reading its image
+    /// sooner this way (docs/results.md).
+    TextFirst,
+}
+
+impl PromptLayout {
+    /// The layout of protocol `version`.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedProtocol`] for a version this code does not know.
+    pub fn for_version(version: u32) -> Result<Self> {
+        match version {
+            1 => Ok(Self::ImageFirst),
+            2 => Ok(Self::TextFirst),
+            other => Err(Error::UnsupportedProtocol(other)),
+        }
+    }
+
+    /// The protocol version with this layout.
+    pub fn version(self) -> u32 {
+        match self {
+            Self::ImageFirst => 1,
+            Self::TextFirst => 2,
+        }
+    }
+}
 
 /// The longest query accepted, in characters.
 pub const MAX_QUERY_CHARS: usize = 512;
@@ -85,7 +120,7 @@ impl Query {
     }
 }
 
-/// The text of the user turn (after the image): the intrinsics of the model-input image, the query
+/// The text of the user turn (before or after the image, by [`PromptLayout`]): the intrinsics of the model-input image, the query
 /// and the expected answer format.
 pub fn user_text(query: &Query, model_input: &Intrinsics) -> String {
     format!(
@@ -105,14 +140,23 @@ pub fn user_text(query: &Query, model_input: &Intrinsics) -> String {
 }
 
 /// The whole prompt in the Qwen2.5-VL chat template, with `image_tokens` `<|image_pad|>` rows (one
-/// per merged patch: `grid_t * grid_h * grid_w / 4`), ending where the assistant's answer begins.
-pub fn chat_prompt(query: &Query, model_input: &Intrinsics, image_tokens: usize) -> String {
+/// per merged patch: `grid_t * grid_h * grid_w / 4`) placed by `layout`, ending where the
+/// assistant's answer begins.
+pub fn chat_prompt(
+    query: &Query,
+    model_input: &Intrinsics,
+    image_tokens: usize,
+    layout: PromptLayout,
+) -> String {
     use tokens::*;
-    let pads = IMAGE_PAD.repeat(image_tokens);
+    let image = format!("{VISION_START}{}{VISION_END}", IMAGE_PAD.repeat(image_tokens));
+    let text = user_text(query, model_input);
+    let (first, second) = match layout {
+        PromptLayout::ImageFirst => (image, text),
+        PromptLayout::TextFirst => (text, image),
+    };
     format!(
-        "{IM_START}system\n{SYSTEM_PROMPT}{IM_END}\n{IM_START}user\n{VISION_START}{pads}{VISION_END}{}{IM_END}\n\
-         {IM_START}assistant\n",
-        user_text(query, model_input)
+        "{IM_START}system\n{SYSTEM_PROMPT}{IM_END}\n{IM_START}user\n{first}{second}{IM_END}\n{IM_START}assistant\n"
     )
 }
 

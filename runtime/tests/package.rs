@@ -5,6 +5,7 @@ use std::path::Path;
 
 use monovlm_runtime::model_config::Qwen25VlConfig;
 use monovlm_runtime::package::{ModelPackage, Precision, byte_level_tokenizer_json};
+use monovlm_runtime::protocol::PromptLayout;
 
 fn tiny_config() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../trainer/tests/fixtures/qwen25vl/tiny_a/config.json")
@@ -43,6 +44,18 @@ fn a_complete_package_loads_with_its_limits_and_tokens() {
         (p.special_tokens.im_start, p.special_tokens.im_end, p.special_tokens.image_pad),
         (504, 505, 502)
     );
+    // A v1 package keeps its image-first prompts; v2 and packages without a version are text first.
+    assert_eq!(p.layout, PromptLayout::ImageFirst);
+    for (version, layout) in [(Some(2), PromptLayout::TextFirst), (None, PromptLayout::TextFirst)] {
+        let path = tmp.path().join("monovlm.json");
+        let mut meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        match version {
+            Some(v) => meta["protocol_version"] = v.into(),
+            None => drop(meta.as_object_mut().unwrap().remove("protocol_version")),
+        }
+        std::fs::write(&path, meta.to_string()).unwrap();
+        assert_eq!(ModelPackage::open(tmp.path()).unwrap().layout, layout, "{version:?}");
+    }
 }
 
 #[test]

@@ -7,7 +7,8 @@ use std::f64::consts::PI;
 use monovlm_calib::{Box2d, Box3d, Intrinsics};
 use monovlm_runtime::Error;
 use monovlm_runtime::protocol::{
-    Answer, MAX_QUERY_CHARS, Query, chat_prompt, format_answer, parse_answer, tokens,
+    Answer, MAX_QUERY_CHARS, PROTOCOL_VERSION, PromptLayout, Query, chat_prompt, format_answer, parse_answer,
+    tokens,
 };
 use proptest::prelude::*;
 
@@ -147,7 +148,7 @@ fn queries_are_validated_and_normalised() {
 fn prompt_follows_the_qwen_chat_template() {
     let k = Intrinsics::new(360.2, 360.2, 304.4, 86.3, 616, 196).expect("valid");
     let q = Query::new("the white van parked on the right").expect("valid");
-    let p = chat_prompt(&q, &k, 3);
+    let p = chat_prompt(&q, &k, 3, PromptLayout::ImageFirst);
     let expected_start = format!(
         "{}system\nYou are a helpful assistant.{}\n{}user\n{}{}{}{}{}",
         tokens::IM_START,
@@ -164,4 +165,28 @@ fn prompt_follows_the_qwen_chat_template() {
     assert_eq!(p.matches(tokens::IMAGE_PAD).count(), 3);
     assert!(p.contains("fx=360.2 fy=360.2 cx=304.4 cy=86.3") && p.contains("616x196"));
     assert!(p.contains("Find: the white van parked on the right"));
+
+    // v2 moves the image block to the end of the user turn and changes nothing else.
+    let v2 = chat_prompt(&q, &k, 3, PromptLayout::TextFirst);
+    let image = format!("{}{}{}", tokens::VISION_START, tokens::IMAGE_PAD.repeat(3), tokens::VISION_END);
+    let user_turn = |prompt: &str| -> String {
+        let start = prompt.find("user\n").expect("a user turn") + "user\n".len();
+        let end = prompt[start..].find(tokens::IM_END).expect("its end") + start;
+        prompt[start..end].to_owned()
+    };
+    let (u1, u2) = (user_turn(&p), user_turn(&v2));
+    assert!(u1.starts_with(&image) && u2.ends_with(&image), "{u2}");
+    assert_eq!(u1.replace(&image, ""), u2.replace(&image, ""));
+    assert_eq!(p.replace(&u1, ""), v2.replace(&u2, ""), "system and assistant parts are shared");
+}
+
+#[test]
+fn protocol_versions_name_their_layouts() {
+    assert_eq!(PromptLayout::for_version(1).unwrap(), PromptLayout::ImageFirst);
+    assert_eq!(PromptLayout::for_version(2).unwrap(), PromptLayout::TextFirst);
+    assert_eq!(PromptLayout::for_version(PROTOCOL_VERSION).unwrap().version(), PROTOCOL_VERSION);
+    for v in [0, 3, 9] {
+        let e = PromptLayout::for_version(v).unwrap_err();
+        assert!(matches!(e, Error::UnsupportedProtocol(x) if x == v), "{e}");
+    }
 }

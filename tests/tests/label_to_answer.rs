@@ -4,7 +4,7 @@
 
 use monovlm_calib::kitti::{KittiCalib, parse_labels};
 use monovlm_calib::{iou_2d, iou_3d};
-use monovlm_runtime::protocol::{Answer, Query, chat_prompt, format_answer, parse_answer};
+use monovlm_runtime::protocol::{Answer, PromptLayout, Query, chat_prompt, format_answer, parse_answer};
 
 /// `training/calib/000000.txt`, P2 only (the rest is not needed here).
 const P2_000000: &str = "P0: 7.070493e+02 0 6.040814e+02 0 0 7.070493e+02 1.805066e+02 0 0 0 1 0
@@ -24,7 +24,7 @@ fn ground_truth_survives_the_answer_protocol_through_a_resize() {
     // The model sees a smaller image (multiples of 28, as the Qwen2.5-VL processor makes them).
     let (model_input, map) = camera.resized(616, 196).unwrap();
     let query = Query::new("the pedestrian on the right").unwrap();
-    let prompt = chat_prompt(&query, &model_input, 4);
+    let prompt = chat_prompt(&query, &model_input, 4, PromptLayout::TextFirst);
     assert!(prompt.contains("616x196"));
 
     for label in parse_labels(LABELS, "labels").unwrap() {

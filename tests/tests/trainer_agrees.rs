@@ -49,7 +49,10 @@ fn runtime_ground_answers_like_the_trainer_greedy_decode() {
     let (pre, _) = grounder.prepare(&image, &k).unwrap();
     let ids = grounder.prompt_tokens(&query, &pre).unwrap();
     let tokenizer = tokenizers::Tokenizer::from_file(pkg.join("tokenizer.json")).unwrap();
-    let text = protocol::chat_prompt(&query, &pre.intrinsics, pre.num_image_tokens);
+    // A checkpoint without monovlm.json is exported with the current protocol (v2, text first).
+    assert_eq!(grounder.package().layout, protocol::PromptLayout::TextFirst);
+    let text =
+        protocol::chat_prompt(&query, &pre.intrinsics, pre.num_image_tokens, grounder.package().layout);
     assert_eq!(ids, monovlm_trainer::train::grounding::encode(&tokenizer, &text).unwrap());
 
     // Same greedy tokens.

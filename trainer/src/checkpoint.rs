@@ -51,6 +51,17 @@ impl MonovlmMeta {
         }
     }
 
+    /// How this model's examples are made: its preprocessing and its protocol's prompt layout.
+    ///
+    /// # Errors
+    /// [`Error::Runtime`] for a protocol version this build does not know.
+    pub fn example_format(&self) -> Result<crate::train::grounding::ExampleFormat> {
+        Ok(crate::train::grounding::ExampleFormat {
+            preprocess: self.preprocess_config(),
+            layout: monovlm_runtime::protocol::PromptLayout::for_version(self.protocol_version)?,
+        })
+    }
+
     /// The image preprocessing this model was trained with.
     pub fn preprocess_config(&self) -> PreprocessConfig {
         PreprocessConfig {

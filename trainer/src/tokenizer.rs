@@ -21,7 +21,7 @@ use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
 
-use monovlm_runtime::protocol::{Answer, Query, chat_prompt, format_answer, tokens};
+use monovlm_runtime::protocol::{Answer, PromptLayout, Query, chat_prompt, format_answer, tokens};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::TrainerWrapper;
 use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
@@ -192,7 +192,7 @@ pub fn dataset_corpus(dataset: &Dataset) -> Result<Vec<String>> {
                 Entry::Occupied(known) => known.into_mut(),
                 Entry::Vacant(slot) => slot.insert(dataset.intrinsics(&record.image)?),
             };
-            corpus.push(chat_prompt(&query, k, CORPUS_IMAGE_TOKENS));
+            corpus.push(chat_prompt(&query, k, CORPUS_IMAGE_TOKENS, PromptLayout::TextFirst));
         }
         let answer = Answer { bbox_2d: record.label.bbox, bbox_3d: record.box3d };
         corpus.push(format_answer(&answer));

@@ -6,9 +6,10 @@ mod common;
 use std::path::Path;
 
 use monovlm_runtime::preprocess::PreprocessConfig;
+use monovlm_runtime::protocol::PromptLayout;
 use monovlm_trainer::data::mono3drefer::{Dataset, Split, Strictness};
 use monovlm_trainer::data::synth::{self, SynthConfig};
-use monovlm_trainer::train::grounding::build_crop_examples;
+use monovlm_trainer::train::grounding::{ExampleFormat, build_crop_examples};
 
 #[test]
 fn zoomed_crops_keep_the_geometry_and_enlarge_the_object() {
@@ -17,11 +18,14 @@ fn zoomed_crops_keep_the_geometry_and_enlarge_the_object() {
     synth::generate(&SynthConfig { images: 6, seed: 5, ..SynthConfig::default() }, &root, &|| {}).unwrap();
     let dataset = Dataset::load(&root, Strictness::Strict).unwrap();
     let tok = common::tokenizer();
-    let pre = PreprocessConfig { max_pixels: 62720, ..PreprocessConfig::default() };
+    let format = ExampleFormat {
+        preprocess: PreprocessConfig { max_pixels: 62720, ..PreprocessConfig::default() },
+        layout: PromptLayout::TextFirst,
+    };
     let records = dataset.records(Split::Train);
     let n = records.len() + 3; // cycles past the end
     let zoom = (2.0, 3.0);
-    let crops = build_crop_examples(&dataset, Split::Train, &tok, &pre, n, zoom, 1, || {}).unwrap();
+    let crops = build_crop_examples(&dataset, Split::Train, &tok, &format, n, zoom, 1, || {}).unwrap();
     assert_eq!(crops.len(), n);
     let mut enlarged = 0;
     for (crop, record) in crops.iter().zip(records.iter().cycle()) {
@@ -63,7 +67,7 @@ fn zoomed_crops_keep_the_geometry_and_enlarge_the_object() {
     assert!(enlarged > n / 2, "only {enlarged} of {n} crops were zoomed");
     for bad in [(0.0, 2.0), (3.0, 2.0), (1.0, f64::INFINITY), (f64::NAN, 2.0)] {
         assert!(
-            build_crop_examples(&dataset, Split::Train, &tok, &pre, 1, bad, 1, || {}).is_err(),
+            build_crop_examples(&dataset, Split::Train, &tok, &format, 1, bad, 1, || {}).is_err(),
             "{bad:?}"
         );
     }

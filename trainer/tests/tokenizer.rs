@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use monovlm_calib::{Box2d, Box3d, Intrinsics};
-use monovlm_runtime::protocol::{Answer, Query, chat_prompt, format_answer, tokens};
+use monovlm_runtime::protocol::{Answer, PromptLayout, Query, chat_prompt, format_answer, tokens};
 use monovlm_trainer::Error;
 use monovlm_trainer::data::mono3drefer::{Dataset, Strictness};
 use monovlm_trainer::tokenizer::{
@@ -58,7 +58,7 @@ fn answer(i: usize) -> Answer {
 fn corpus() -> Vec<String> {
     let mut out = Vec::new();
     for i in 0..150 {
-        out.push(chat_prompt(&query(i), &intrinsics(i), 1 + i % 8));
+        out.push(chat_prompt(&query(i), &intrinsics(i), 1 + i % 8, PromptLayout::TextFirst));
         out.push(format_answer(&answer(i)));
         out.push(query(i).as_str().to_owned());
     }
@@ -97,7 +97,7 @@ fn every_special_token_is_one_id_never_split() {
         assert_eq!(tok.decode(&glued, false).unwrap(), format!("van{token}46"));
     }
     // The prompt's markers are exactly its special tokens.
-    let prompt = chat_prompt(&query(0), &intrinsics(0), 3);
+    let prompt = chat_prompt(&query(0), &intrinsics(0), 3, PromptLayout::TextFirst);
     let encoding = tok.encode(prompt.as_str(), false).unwrap();
     let count = |t: &str| encoding.get_tokens().iter().filter(|s| *s == t).count();
     assert_eq!(count(tokens::IM_START), 3);
@@ -128,7 +128,7 @@ fn numbers_are_single_digits() {
 fn decode_inverts_encode() {
     let tok = tokenizer();
     let mut texts = vec![
-        chat_prompt(&query(3), &intrinsics(3), 5),
+        chat_prompt(&query(3), &intrinsics(3), 5, PromptLayout::TextFirst),
         format_answer(&answer(3)),
         format!("<think>the van is 12.5 m away</think>{}", format_answer(&answer(200))),
         "  two  spaces,\ttab and\nnewline\r\n".to_owned(),
@@ -141,7 +141,7 @@ fn decode_inverts_encode() {
         assert_eq!(&tok.decode(&ids, false).unwrap(), text);
     }
     // Skipping special tokens leaves the text between them.
-    let prompt = chat_prompt(&query(1), &intrinsics(1), 2);
+    let prompt = chat_prompt(&query(1), &intrinsics(1), 2, PromptLayout::TextFirst);
     let plain = tok.decode(&ids(tok, &prompt), true).unwrap();
     assert!(!plain.contains("<|"));
     assert!(plain.contains(query(1).as_str()));
@@ -153,7 +153,7 @@ fn image_pads_give_one_id_each() {
     let pad = tok.token_to_id(tokens::IMAGE_PAD).unwrap();
     for n in [1, 2, 7, 64, 300] {
         assert_eq!(ids(tok, &tokens::IMAGE_PAD.repeat(n)), vec![pad; n]);
-        let prompt = chat_prompt(&query(n), &intrinsics(n), n);
+        let prompt = chat_prompt(&query(n), &intrinsics(n), n, PromptLayout::TextFirst);
         assert_eq!(ids(tok, &prompt).iter().filter(|&&i| i == pad).count(), n);
     }
 }
@@ -165,7 +165,7 @@ fn vocabulary_size_is_respected() {
     assert!(size <= VOCAB_SIZE, "{size} > {VOCAB_SIZE}");
     assert!(size > MIN_VOCAB_SIZE, "no merges were learned ({size})");
     // Merges make the prompt's words much shorter than their bytes (numbers stay one digit a token).
-    let prompt = chat_prompt(&query(5), &intrinsics(5), 1);
+    let prompt = chat_prompt(&query(5), &intrinsics(5), 1, PromptLayout::TextFirst);
     assert!(
         ids(tok, &prompt).len() * 3 < prompt.len(),
         "{} ids for {} bytes",

@@ -301,6 +301,12 @@ impl Qwen25Vl {
         self.text.forward(embeds, &position_ids.to_device(self.device), cache, key_padding)
     }
 
+    /// [`Self::decode`] without a cache, also returning the residual stream after each decoder
+    /// layer (see [`text::TextModel::forward_residuals`]).
+    pub fn decode_residuals(&self, embeds: &Tensor, position_ids: &Tensor) -> (Tensor, Vec<Tensor>) {
+        self.text.forward_residuals(embeds, &position_ids.to_device(self.device))
+    }
+
     /// [`Self::decode`] with the decoder's weights fused by [`text::TextModel::fused`].
     pub(crate) fn decode_fused(
         &self,
@@ -309,7 +315,14 @@ impl Qwen25Vl {
         cache: &mut KvCache,
         fused: &[text::FusedLayer],
     ) -> Tensor {
-        self.text.forward_with(embeds, &position_ids.to_device(self.device), Some(cache), None, Some(fused))
+        self.text.forward_with(
+            embeds,
+            &position_ids.to_device(self.device),
+            Some(cache),
+            None,
+            Some(fused),
+            None,
+        )
     }
 
     /// Fused decoder weights for [`Self::decode_fused`].

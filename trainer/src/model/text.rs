@@ -213,7 +213,15 @@ impl TextModel {
         cache: Option<&mut KvCache>,
         key_padding: Option<&Tensor>,
     ) -> Tensor {
-        self.forward_with(embeds, position_ids, cache, key_padding, None)
+        self.forward_with(embeds, position_ids, cache, key_padding, None, None)
+    }
+
+    /// [`Self::forward`] without a cache that also returns the residual stream after each layer
+    /// (`layers` tensors `[B, S, D]`, before the final norm).
+    pub fn forward_residuals(&self, embeds: &Tensor, position_ids: &Tensor) -> (Tensor, Vec<Tensor>) {
+        let mut residuals = Vec::with_capacity(self.layers.len());
+        let out = self.forward_with(embeds, position_ids, None, None, None, Some(&mut residuals));
+        (out, residuals)
     }
 
     /// One prompt shared by `G` continuations, with gradients: the prompt `prefix [1, P, D]` at
@@ -288,7 +296,8 @@ impl TextModel {
     }
 
     /// [`Self::forward`] with the layers' weights taken from `fused` (see [`Self::fused`]) when
-    /// given: the same function, computed with fewer kernels.
+    /// given: the same function, computed with fewer kernels. `residuals`, when given, receives the
+    /// residual stream after each layer.
     pub(crate) fn forward_with(
         &self,
         embeds: &Tensor,
@@ -296,6 +305,7 @@ impl TextModel {
         mut cache: Option<&mut KvCache>,
         key_padding: Option<&Tensor>,
         fused: Option<&[FusedLayer]>,
+        mut residuals: Option<&mut Vec<Tensor>>,
     ) -> Tensor {
         let size = embeds.size();
         let (bsz, seq) = (size[0], size[1]);
@@ -375,6 +385,9 @@ impl TextModel {
                 }
             };
             x = &x + y;
+            if let Some(r) = residuals.as_deref_mut() {
+                r.push(x.shallow_clone());
+            }
         }
         if let Some(c) = cache {
             c.len = total;

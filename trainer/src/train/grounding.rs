@@ -9,7 +9,7 @@ use std::sync::Arc;
 use monovlm_calib::synth::SplitMix64;
 use monovlm_calib::{Box2d, Intrinsics, ResizeMap};
 use monovlm_runtime::preprocess::{PreprocessConfig, Preprocessed, preprocess_image};
-use monovlm_runtime::protocol::{self, Answer, Query, tokens};
+use monovlm_runtime::protocol::{self, Answer, PromptLayout, Query, tokens};
 use tch::Tensor;
 use tokenizers::Tokenizer;
 
@@ -62,10 +62,26 @@ impl Example {
         }
     }
 
+    /// The image tokens (row-major indices) that show the described object: the referring
+    /// pointer's targets ([`super::dense::object_tokens`] of its 2D box in the model input).
+    pub fn referred_tokens(&self) -> Vec<usize> {
+        super::dense::object_tokens(&self.image, &self.image.resize_map.map_box(&self.record.label.bbox))
+    }
+
     /// Maps the model-input image back to camera pixels.
     pub fn resize_map(&self) -> &ResizeMap {
         &self.image.resize_map
     }
+}
+
+/// How a model's examples are made: its image sizing and its protocol version's prompt layout
+/// (both recorded in its checkpoint, `crate::checkpoint::MonovlmMeta::example_format`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExampleFormat {
+    /// Image sizing and normalisation.
+    pub preprocess: PreprocessConfig,
+    /// Where the image goes in the prompt.
+    pub layout: PromptLayout,
 }
 
 /// Tokenises text containing the chat template's special tokens.
@@ -108,7 +124,7 @@ pub fn build_examples(
     dataset: &Dataset,
     split: Split,
     tokenizer: &Tokenizer,
-    pre: &PreprocessConfig,
+    format: &ExampleFormat,
     limit: Option<usize>,
     mut on_example: impl FnMut(),
 ) -> Result<Vec<Example>> {
@@ -120,12 +136,12 @@ pub fn build_examples(
         let image = match images.get(&record.image) {
             Some(p) => Arc::clone(p),
             None => {
-                let p = Arc::new(load_image(dataset, &record.image, pre)?);
+                let p = Arc::new(load_image(dataset, &record.image, &format.preprocess)?);
                 images.insert(record.image.clone(), Arc::clone(&p));
                 p
             }
         };
-        out.push(grounding_example(record.clone(), image, tokenizer)?);
+        out.push(grounding_example(record.clone(), image, tokenizer, format.layout)?);
         on_example();
     }
     Ok(out)
@@ -152,7 +168,7 @@ pub fn build_crop_examples(
     dataset: &Dataset,
     split: Split,
     tokenizer: &Tokenizer,
-    pre: &PreprocessConfig,
+    format: &ExampleFormat,
     count: usize,
     zoom: (f64, f64),
     seed: u64,
@@ -182,7 +198,7 @@ pub fn build_crop_examples(
         let crop_k = k.cropped(x0, y0, w, h)?;
         let crop = image::imageops::crop_imm(&rgb, x0, y0, w, h).to_image();
         frame = Some((name, rgb, k));
-        let image = Arc::new(preprocess_image(&crop, &crop_k, pre)?);
+        let image = Arc::new(preprocess_image(&crop, &crop_k, &format.preprocess)?);
         let mut record = record.clone();
         let (b, dx, dy) = (record.label.bbox, f64::from(x0), f64::from(y0));
         record.label.bbox = Box2d {
@@ -191,7 +207,7 @@ pub fn build_crop_examples(
             x2: (b.x2 - dx).clamp(0.0, f64::from(w)),
             y2: (b.y2 - dy).clamp(0.0, f64::from(h)),
         };
-        out.push(grounding_example(record, image, tokenizer)?);
+        out.push(grounding_example(record, image, tokenizer, format.layout)?);
         on_example();
     }
     Ok(out)
@@ -229,15 +245,20 @@ fn crop_window(
 
 /// The example of `record` on `image`: the protocol's prompt and answer (2D box mapped into the
 /// model input), tokenised.
-fn grounding_example(record: Record, image: Arc<Preprocessed>, tokenizer: &Tokenizer) -> Result<Example> {
+fn grounding_example(
+    record: Record,
+    image: Arc<Preprocessed>,
+    tokenizer: &Tokenizer,
+    layout: PromptLayout,
+) -> Result<Example> {
     let query = Query::new(&record.description)?;
-    let prompt = protocol::chat_prompt(&query, &image.intrinsics, image.num_image_tokens);
+    let prompt = protocol::chat_prompt(&query, &image.intrinsics, image.num_image_tokens, layout);
     let answer = Answer { bbox_2d: image.resize_map.map_box(&record.label.bbox), bbox_3d: record.box3d };
     let target = format!("{}{}", protocol::format_answer(&answer), tokens::IM_END);
     Ok(Example { prompt: encode(tokenizer, &prompt)?, target: encode(tokenizer, &target)?, record, image })
 }
 
-fn load_image(dataset: &Dataset, name: &str, pre: &PreprocessConfig) -> Result<Preprocessed> {
+pub(crate) fn load_image(dataset: &Dataset, name: &str, pre: &PreprocessConfig) -> Result<Preprocessed> {
     let path = dataset.image_path(name)?;
     let rgb = read_rgb(&path)?;
     let k = dataset.intrinsics(name)?;

@@ -1,8 +1,10 @@
 //! Training: batches of prompt + answer sequences, the answer-only language-model loss, the
 //! optimiser and schedule ([`optim`]), supervised fine-tuning ([`sft`]).
 
+pub mod dense;
 pub mod grounding;
 pub mod optim;
+pub mod pointer;
 pub mod sft;
 
 use tch::{Kind, Tensor};
@@ -141,7 +143,14 @@ pub fn batch_hidden(model: &Qwen25Vl, batch: &Batch) -> Result<Tensor> {
 /// # Errors
 /// [`Error::ModelInput`] when nothing is supervised; as [`batch_hidden`].
 pub fn causal_lm_loss(model: &Qwen25Vl, batch: &Batch) -> Result<Tensor> {
-    let hidden = batch_hidden(model, batch)?;
+    causal_lm_loss_from_hidden(model, batch, &batch_hidden(model, batch)?)
+}
+
+/// [`causal_lm_loss`] from the batch's final hidden states `[B, L, D]`.
+///
+/// # Errors
+/// [`Error::ModelInput`] when nothing is supervised.
+pub fn causal_lm_loss_from_hidden(model: &Qwen25Vl, batch: &Batch, hidden: &Tensor) -> Result<Tensor> {
     let (b, l) = (hidden.size()[0], hidden.size()[1]);
     let d = hidden.size()[2];
     let h = hidden.narrow(1, 0, l - 1).reshape([b * (l - 1), d]);

@@ -9,6 +9,7 @@ use tokenizers::Tokenizer;
 
 use super::grounding::{Example, ImageReliance, evaluate_examples, image_reliance};
 use super::optim::{AdamW, AdamWConfig, CosineSchedule, clip_grad_norm};
+use super::pointer::{PointerHead, losses_with_pointer};
 use super::{Batch, causal_lm_loss};
 use crate::model::Qwen25Vl;
 use crate::{Error, Result};
@@ -34,6 +35,8 @@ pub struct SftConfig {
     pub max_new_tokens: usize,
     /// Seed of the data order.
     pub seed: u64,
+    /// Weight of the referring-pointer loss ([`super::pointer`]) added to the answer loss; 0 = off.
+    pub pointer_weight: f64,
 }
 
 impl Default for SftConfig {
@@ -48,6 +51,7 @@ impl Default for SftConfig {
             eval_every: 200,
             max_new_tokens: 96,
             seed: 0,
+            pointer_weight: 0.0,
         }
     }
 }
@@ -83,6 +87,9 @@ pub struct SftLogLine {
     pub step: usize,
     /// Mean answer-token cross-entropy of the step's batch.
     pub loss: f64,
+    /// The referring-pointer loss of the step's batch, when trained with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pointer_loss: Option<f64>,
     /// Learning rate used.
     pub lr: f64,
     /// Gradient norm before clipping.
@@ -164,33 +171,57 @@ pub fn train_sft(
     }
     let schedule = CosineSchedule { peak_lr: cfg.lr, warmup_steps: cfg.warmup_steps, total_steps: cfg.steps };
     let mut opt = AdamW::new(model.params(), cfg.adamw.clone());
+    let mut pointer = if cfg.pointer_weight > 0.0 {
+        let head = PointerHead::new(model)?;
+        let opt = AdamW::new(&head.store, cfg.adamw.clone());
+        Some((head, opt))
+    } else {
+        None
+    };
     let mut rng = SplitMix64::new(cfg.seed);
     let mut order: Vec<usize> = Vec::new();
     let mut log = Vec::with_capacity(cfg.steps);
     for step in 0..cfg.steps {
         let t0 = Instant::now();
-        let mut seqs = Vec::with_capacity(cfg.batch_size);
+        let mut picked = Vec::with_capacity(cfg.batch_size);
         for _ in 0..cfg.batch_size {
             if order.is_empty() {
                 order = (0..train.len()).collect();
                 shuffle(&mut order, &mut rng);
             }
             if let Some(i) = order.pop() {
-                seqs.push(train[i].sequence());
+                picked.push(&train[i]);
             }
         }
+        let seqs: Vec<_> = picked.iter().map(|e| e.sequence()).collect();
         let lr = schedule.lr(step);
-        let (loss_v, grad_norm, tokens) = sft_step(model, &mut opt, &seqs, pad_id, lr, cfg.max_grad_norm)
-            .map_err(|e| match e {
-                Error::NonFinite(m) => Error::NonFinite(format!("{m} at step {}", step + 1)),
-                other => other,
-            })?;
+        let at_step = |e: Error| match e {
+            Error::NonFinite(m) => Error::NonFinite(format!("{m} at step {}", step + 1)),
+            other => other,
+        };
+        let (loss_v, pointer_loss, grad_norm, tokens) = match pointer.as_mut() {
+            None => {
+                let (l, g, tokens) =
+                    sft_step(model, &mut opt, &seqs, pad_id, lr, cfg.max_grad_norm).map_err(at_step)?;
+                (l, None, g, tokens)
+            }
+            Some((head, head_opt)) => {
+                let referred: Vec<Vec<usize>> = picked.iter().map(|e| e.referred_tokens()).collect();
+                let step_cfg =
+                    PointerStep { head, opt: head_opt, referred: &referred, weight: cfg.pointer_weight };
+                let (l, p, g, tokens) =
+                    sft_pointer_step(model, &mut opt, &seqs, pad_id, lr, cfg.max_grad_norm, step_cfg)
+                        .map_err(at_step)?;
+                (l, Some(p), g, tokens)
+            }
+        };
         let last = step + 1 == cfg.steps;
         let val_now = !val.is_empty() && (last || (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0));
         let tokens_per_s = tokens / t0.elapsed().as_secs_f64().max(1e-9);
         let val =
             if val_now { Some(validate(model, tokenizer, val, cfg.max_new_tokens, pad_id)?) } else { None };
-        let line = SftLogLine { step: step + 1, loss: loss_v, lr, grad_norm, tokens_per_s, val };
+        let line =
+            SftLogLine { step: step + 1, loss: loss_v, pointer_loss, lr, grad_norm, tokens_per_s, val };
         on_step(&line);
         log.push(line);
     }
@@ -222,6 +253,49 @@ pub fn sft_step(
     let grad_norm = clip_grad_norm(model.params(), max_grad_norm)?;
     opt.step(model.params(), lr)?;
     Ok((loss_v, grad_norm, batch.input_ids.numel() as f64))
+}
+
+/// The referring pointer's part of an SFT step.
+pub struct PointerStep<'a> {
+    /// The pointer head.
+    pub head: &'a PointerHead,
+    /// Its optimiser.
+    pub opt: &'a mut AdamW,
+    /// Each row's object tokens (indices among its image tokens).
+    pub referred: &'a [Vec<usize>],
+    /// Weight of the pointer loss.
+    pub weight: f64,
+}
+
+/// [`sft_step`] with the referring-pointer loss added (weighted) to the answer loss: returns the
+/// answer loss, the pointer loss, the model's gradient norm before clipping and the tokens.
+///
+/// # Errors
+/// [`Error::NonFinite`] for a NaN/inf loss (no update is applied); as
+/// [`super::pointer::losses_with_pointer`].
+pub fn sft_pointer_step(
+    model: &Qwen25Vl,
+    opt: &mut AdamW,
+    seqs: &[super::Sequence],
+    pad_id: i64,
+    lr: f64,
+    max_grad_norm: f64,
+    pointer: PointerStep<'_>,
+) -> Result<(f64, f64, f64, f64)> {
+    let batch = Batch::new(model, seqs, pad_id)?;
+    model.params().zero_grad();
+    pointer.head.store.zero_grad();
+    let (answer, pointer_loss) = losses_with_pointer(model, &batch, pointer.head, pointer.referred)?;
+    let (answer_v, pointer_v) = (answer.double_value(&[]), pointer_loss.double_value(&[]));
+    if !answer_v.is_finite() || !pointer_v.is_finite() {
+        return Err(Error::NonFinite(format!("SFT loss {answer_v}, pointer loss {pointer_v}")));
+    }
+    (answer + pointer_loss * pointer.weight).backward();
+    let grad_norm = clip_grad_norm(model.params(), max_grad_norm)?;
+    clip_grad_norm(&pointer.head.store, max_grad_norm)?;
+    opt.step(model.params(), lr)?;
+    pointer.opt.step(&pointer.head.store, lr)?;
+    Ok((answer_v, pointer_v, grad_norm, batch.input_ids.numel() as f64))
 }
 
 /// Fisher-Yates with our deterministic generator.

@@ -8,7 +8,7 @@ use monovlm_calib::kitti::KittiLabel;
 use monovlm_calib::synth::SplitMix64;
 use monovlm_calib::{Box2d, Intrinsics};
 use monovlm_runtime::preprocess::{PreprocessConfig, preprocess_image};
-use monovlm_runtime::protocol::{self, Answer, Query, tokens};
+use monovlm_runtime::protocol::{self, Answer, PromptLayout, Query, tokens};
 use monovlm_trainer::data::mono3drefer::{Record, SampleKey};
 use monovlm_trainer::model::Qwen25Vl;
 use monovlm_trainer::model::presets::{ModelSize, SpecialIds};
@@ -45,7 +45,8 @@ pub fn example(i: u64, rng: &mut SplitMix64, tokenizer: &tokenizers::Tokenizer) 
     let record =
         Record::new("000000", SampleKey { instance_id: i, ann_id: 0 }, "car", "the red box", label).unwrap();
     let query = Query::new(&record.description).unwrap();
-    let prompt = protocol::chat_prompt(&query, &image.intrinsics, image.num_image_tokens);
+    let prompt =
+        protocol::chat_prompt(&query, &image.intrinsics, image.num_image_tokens, PromptLayout::ImageFirst);
     let answer = Answer { bbox_2d: image.resize_map.map_box(&bbox), bbox_3d: record.box3d };
     let target = format!("{}{}", protocol::format_answer(&answer), tokens::IM_END);
     Example {
@@ -64,7 +65,7 @@ pub fn tokenizer() -> tokenizers::Tokenizer {
             let q = Query::new("the red box").unwrap();
             format!(
                 "{} <answer>{{\"bbox_2d\": [{i}, 1, 2, 3], \"bbox_3d\": [0.00, 0.75, 10.00, 3.90, 1.60, 1.50, 0.00]}}</answer>",
-                protocol::chat_prompt(&q, &k, 4)
+                protocol::chat_prompt(&q, &k, 4, PromptLayout::ImageFirst)
             )
         })
         .collect();

@@ -48,6 +48,9 @@ enum Command {
     Init(model_cmds::InitArgs),
     /// Supervised fine-tuning on a dataset's grounding answers (loss on answer tokens only).
     Sft(model_cmds::SftArgs),
+    /// Dense pre-training of a from-scratch vision tower: each image token learns the class, 2D box
+    /// and 3D box of the object it shows (linear heads on the merger, discarded afterwards).
+    PretrainVision(model_cmds::PretrainVisionArgs),
     /// How much a checkpoint's answers depend on the image: answer loss with each example's own
     /// image and with another scene's (equal when the model ignores its image).
     Probe(model_cmds::ProbeArgs),
@@ -498,6 +501,7 @@ fn main() -> Result<()> {
         Command::Tokenizer(args) => tokenizer(args),
         Command::Init(args) => model_cmds::init(args),
         Command::Sft(args) => model_cmds::sft(args),
+        Command::PretrainVision(args) => model_cmds::pretrain_vision(args),
         Command::Probe(args) => model_cmds::probe(args),
         Command::Bench(args) => model_cmds::bench(args),
         Command::Curriculum(args) => model_cmds::curriculum(args),

@@ -12,6 +12,7 @@ use monovlm_trainer::eval::plots::{Curve, curves};
 use monovlm_trainer::model::presets::{ModelSize, SpecialIds};
 use monovlm_trainer::model::weights::parse_kind;
 use monovlm_trainer::model::{LoraConfig, Qwen25Vl, parse_device};
+use monovlm_trainer::train::dense::{DenseConfig, build_dense_images, train_dense};
 use monovlm_trainer::train::grounding::{build_crop_examples, build_examples, image_reliance};
 use monovlm_trainer::train::sft::{SftConfig, train_sft};
 use monovlm_trainer::{bench, tokenizer};
@@ -93,6 +94,10 @@ pub struct SftArgs {
     /// Train on the zoomed crops only (no full frames).
     #[arg(long)]
     crops_only: bool,
+    /// Weight of the referring-pointer loss: a middle decoder layer learns to point out the
+    /// described object's image tokens (an auxiliary head, discarded). 0: off.
+    #[arg(long, default_value_t = 0.0)]
+    pointer_weight: f64,
     /// LoRA rank; 0 trains every weight.
     #[arg(long, default_value_t = 0)]
     lora_rank: i64,
@@ -109,6 +114,47 @@ pub struct SftArgs {
     #[arg(long, default_value_t = 0)]
     threads: i32,
     /// Seed of the data order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// Arguments of `pretrain-vision`.
+#[derive(Debug, Args)]
+pub struct PretrainVisionArgs {
+    /// Dataset root (Mono3DRefer layout); its labels give the per-token targets.
+    #[arg(long)]
+    data: PathBuf,
+    /// Checkpoint to start from (a Hugging Face directory with tokenizer.json).
+    #[arg(long)]
+    base: PathBuf,
+    /// Output checkpoint directory (the base with a trained vision tower; a log inside).
+    #[arg(long)]
+    out: PathBuf,
+    /// Optimisation steps.
+    #[arg(long, default_value_t = 1000)]
+    steps: usize,
+    /// Images per step.
+    #[arg(long, default_value_t = 8)]
+    images_per_step: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    /// Linear warm-up steps.
+    #[arg(long, default_value_t = 50)]
+    warmup: usize,
+    /// Validate every N steps (and after the last).
+    #[arg(long, default_value_t = 200)]
+    eval_every: usize,
+    /// Training images (the train split's first N; all by default).
+    #[arg(long)]
+    train_images: Option<usize>,
+    /// Validation images (from the val split).
+    #[arg(long, default_value_t = 32)]
+    val_images: usize,
+    /// libtorch threads (0 = libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+    /// Seed of the heads and the data order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
@@ -199,10 +245,8 @@ pub fn probe(args: &ProbeArgs) -> Result<()> {
     let model = Qwen25Vl::load(&args.checkpoint, tch::Device::Cpu, tch::Kind::Float)
         .with_context(|| format!("loading {}", args.checkpoint.display()))?;
     let bar = progress(args.examples, "preparing examples");
-    let examples =
-        build_examples(&dataset, args.split, &tok, &meta.preprocess_config(), Some(args.examples), || {
-            bar.inc(1)
-        })?;
+    let format = meta.example_format()?;
+    let examples = build_examples(&dataset, args.split, &tok, &format, Some(args.examples), || bar.inc(1))?;
     bar.finish_and_clear();
     let r = image_reliance(&model, &examples, ids.pad, args.batch)?;
     let line = serde_json::json!({
@@ -226,7 +270,7 @@ pub fn sft(args: &SftArgs) -> Result<()> {
     let ids = SpecialIds::of(&tok)?;
     let mut meta =
         MonovlmMeta::read(&args.base)?.unwrap_or_else(|| MonovlmMeta::new(&PreprocessConfig::default()));
-    let pre = meta.preprocess_config();
+    let format = meta.example_format()?;
     let mut model = Qwen25Vl::load(&args.base, device, kind)
         .with_context(|| format!("loading {}", args.base.display()))?;
     if args.lora_rank > 0 {
@@ -241,8 +285,8 @@ pub fn sft(args: &SftArgs) -> Result<()> {
         .unwrap_or(dataset.records(Split::Train).len())
         .min(dataset.records(Split::Train).len());
     let bar = progress(n_train + args.val_examples, "preparing examples");
-    let mut train = build_examples(&dataset, Split::Train, &tok, &pre, Some(n_train), || bar.inc(1))?;
-    let val = build_examples(&dataset, Split::Val, &tok, &pre, Some(args.val_examples), || bar.inc(1))?;
+    let mut train = build_examples(&dataset, Split::Train, &tok, &format, Some(n_train), || bar.inc(1))?;
+    let val = build_examples(&dataset, Split::Val, &tok, &format, Some(args.val_examples), || bar.inc(1))?;
     bar.finish_and_clear();
     if let Some(min_h) = args.min_box_height_px {
         train.retain(|e| e.record.label.bbox.height() >= min_h);
@@ -258,7 +302,7 @@ pub fn sft(args: &SftArgs) -> Result<()> {
             &dataset,
             Split::Train,
             &tok,
-            &pre,
+            &format,
             args.crop_examples,
             zoom,
             args.seed,
@@ -279,6 +323,7 @@ pub fn sft(args: &SftArgs) -> Result<()> {
         warmup_steps: args.warmup,
         eval_every: args.eval_every,
         seed: args.seed,
+        pointer_weight: args.pointer_weight,
         ..SftConfig::default()
     };
     let bar = progress(args.steps, "sft");
@@ -286,7 +331,10 @@ pub fn sft(args: &SftArgs) -> Result<()> {
     let start = std::time::Instant::now();
     let log = train_sft(&mut model, &tok, &train, &val, &cfg, ids.pad, |l| {
         bar.inc(1);
-        bar.set_message(format!("loss {:.4}  {:.0} tok/s", l.loss, l.tokens_per_s));
+        bar.set_message(match l.pointer_loss {
+            Some(p) => format!("loss {:.4}  pointer {p:.3}  {:.0} tok/s", l.loss, l.tokens_per_s),
+            None => format!("loss {:.4}  {:.0} tok/s", l.loss, l.tokens_per_s),
+        });
         if let Some(v) = &l.val {
             print_above(&bar, &format!("step {}: val {}", l.step, v.summary()));
         }
@@ -317,6 +365,101 @@ pub fn sft(args: &SftArgs) -> Result<()> {
         args.steps,
         start.elapsed().as_secs_f64(),
         log.last().map_or(f64::NAN, |l| l.loss),
+        args.out.display()
+    )?;
+    if let Some(v) = last_val {
+        writeln!(std::io::stdout(), "validation: {}", serde_json::to_string(&v)?)?;
+    }
+    Ok(())
+}
+
+/// `pretrain-vision`: dense per-token pre-training of a from-scratch vision tower.
+pub fn pretrain_vision(args: &PretrainVisionArgs) -> Result<()> {
+    if args.threads > 0 {
+        tch::set_num_threads(args.threads);
+    }
+    let dataset = monovlm_trainer::data::mono3drefer::Dataset::load(&args.data, Strictness::Lenient)
+        .with_context(|| format!("loading {}", args.data.display()))?;
+    let mut meta =
+        MonovlmMeta::read(&args.base)?.unwrap_or_else(|| MonovlmMeta::new(&PreprocessConfig::default()));
+    let pre = meta.preprocess_config();
+    let kind = tch::Kind::Float;
+    let mut model = Qwen25Vl::load(&args.base, tch::Device::Cpu, kind)
+        .with_context(|| format!("loading {}", args.base.display()))?;
+    let n_train = args.train_images.unwrap_or(usize::MAX).min(dataset.images(Split::Train).len());
+    let bar = progress(n_train + args.val_images, "preparing images");
+    let train = build_dense_images(&dataset, Split::Train, &pre, Some(n_train), || bar.inc(1))?;
+    let val = build_dense_images(&dataset, Split::Val, &pre, Some(args.val_images), || bar.inc(1))?;
+    bar.finish_and_clear();
+    let tokens: usize = train.iter().map(|d| d.classes.len()).sum();
+    let objects: usize = train.iter().map(|d| d.object_tokens()).sum();
+    eprintln!(
+        "{} training images, {tokens} image tokens, {:.1}% of them on objects",
+        train.len(),
+        100.0 * objects as f64 / tokens.max(1) as f64
+    );
+    let cfg = DenseConfig {
+        steps: args.steps,
+        images_per_step: args.images_per_step,
+        lr: args.lr,
+        warmup_steps: args.warmup,
+        eval_every: args.eval_every,
+        seed: args.seed,
+        ..DenseConfig::default()
+    };
+    let bar = progress(args.steps, "dense pre-training");
+    let mut lines = Vec::new();
+    let start = std::time::Instant::now();
+    let log = train_dense(&mut model, &train, &val, &cfg, |l| {
+        bar.inc(1);
+        bar.set_message(format!("class {:.3}  box {:.4}", l.class_loss, l.regression_loss));
+        if let Some(v) = &l.val {
+            print_above(
+                &bar,
+                &format!(
+                    "step {}: val object class {:.1}%  background {:.1}%  2D box MAE {:.3}  ln-depth MAE {:.3}",
+                    l.step, v.object_class_pct, v.background_pct, v.box2d_mae, v.log_depth_mae
+                ),
+            );
+        }
+        lines.push(serde_json::to_string(l).unwrap_or_default());
+    })?;
+    bar.finish_and_clear();
+    let last_val = log.iter().rev().find_map(|l| l.val.clone());
+    meta.stages.push(StageRecord {
+        name: "pretrain-vision".into(),
+        steps: args.steps,
+        details: serde_json::json!({
+            "data": args.data, "train_images": train.len(), "images_per_step": args.images_per_step,
+            "lr": args.lr, "val": last_val, "seconds": start.elapsed().as_secs_f64(),
+        }),
+    });
+    let opts = SaveOptions {
+        dtype: kind,
+        tokenizer_from: Some(&args.base),
+        meta: &meta,
+        train: None,
+        max_shard_bytes: 4 << 30,
+    };
+    checkpoint::save(&mut model, &args.out, opts)?;
+    std::fs::write(args.out.join("pretrain_vision_log.jsonl"), lines.join("\n") + "\n")?;
+    let class: Vec<(f64, f64)> = log.iter().map(|l| (l.step as f64, l.class_loss)).collect();
+    let boxes: Vec<(f64, f64)> = log.iter().map(|l| (l.step as f64, l.regression_loss)).collect();
+    curves(
+        &args.out.join("pretrain_vision_loss.png"),
+        "Dense vision pre-training",
+        "step",
+        "loss",
+        &[
+            Curve { label: "token class (cross-entropy)", points: &class },
+            Curve { label: "object box (smooth L1)", points: &boxes },
+        ],
+    )?;
+    writeln!(
+        std::io::stdout(),
+        "pre-trained the vision tower {} steps in {:.0} s; checkpoint, pretrain_vision_log.jsonl and pretrain_vision_loss.png in {}",
+        args.steps,
+        start.elapsed().as_secs_f64(),
         args.out.display()
     )?;
     if let Some(v) = last_val {
@@ -451,11 +594,13 @@ pub fn curriculum(args: &CurriculumArgs) -> Result<()> {
     let dataset = monovlm_trainer::data::mono3drefer::Dataset::load(&args.data, Strictness::Lenient)
         .with_context(|| format!("loading {}", args.data.display()))?;
     let tok = tokenizer::load(&args.base).context("the base checkpoint needs a tokenizer.json")?;
-    let pre = MonovlmMeta::read(&args.base)?.map(|m| m.preprocess_config()).unwrap_or_default();
+    let format = MonovlmMeta::read(&args.base)?
+        .unwrap_or_else(|| MonovlmMeta::new(&PreprocessConfig::default()))
+        .example_format()?;
     let n_train = args.train_examples.unwrap_or(usize::MAX).min(dataset.records(Split::Train).len());
     let bar = progress(n_train + cfg.val_examples, "preparing examples");
-    let train = build_examples(&dataset, Split::Train, &tok, &pre, Some(n_train), || bar.inc(1))?;
-    let val = build_examples(&dataset, Split::Val, &tok, &pre, Some(cfg.val_examples), || bar.inc(1))?;
+    let train = build_examples(&dataset, Split::Train, &tok, &format, Some(n_train), || bar.inc(1))?;
+    let val = build_examples(&dataset, Split::Val, &tok, &format, Some(cfg.val_examples), || bar.inc(1))?;
     bar.finish_and_clear();
     std::fs::create_dir_all(&args.out)?;
     std::fs::copy(&args.config, args.out.join("curriculum.toml")).ok();
