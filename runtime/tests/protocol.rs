@@ -166,18 +166,41 @@ fn prompt_follows_the_qwen_chat_template() {
     assert!(p.contains("fx=360.2 fy=360.2 cx=304.4 cy=86.3") && p.contains("616x196"));
     assert!(p.contains("Find: the white van parked on the right"));
 
+    // v1 is frozen: the bundled model was trained on exactly this text.
+    assert_eq!(
+        user_turn_of(&p),
+        format!(
+            "{}{}{}{}{}Camera intrinsics of this 616x196 image: fx=360.2 fy=360.2 cx=304.4 cy=86.3.\nFind: the white \
+             van parked on the right\nAnswer with <answer>{{\"bbox_2d\": [x1, y1, x2, y2], \"bbox_3d\": [x, y, z, l, \
+             w, h, yaw]}}</answer>: the 2D box in pixels of this image, the 3D box centre, length, width, height in \
+             metres in the camera frame (x right, y down, z forward) and yaw in radians about the y axis.",
+            tokens::VISION_START,
+            tokens::IMAGE_PAD,
+            tokens::IMAGE_PAD,
+            tokens::IMAGE_PAD,
+            tokens::VISION_END
+        )
+    );
+
     // v2 moves the image block to the end of the user turn and changes nothing else.
     let v2 = chat_prompt(&q, &k, 3, PromptLayout::TextFirst);
     let image = format!("{}{}{}", tokens::VISION_START, tokens::IMAGE_PAD.repeat(3), tokens::VISION_END);
-    let user_turn = |prompt: &str| -> String {
-        let start = prompt.find("user\n").expect("a user turn") + "user\n".len();
-        let end = prompt[start..].find(tokens::IM_END).expect("its end") + start;
-        prompt[start..end].to_owned()
-    };
-    let (u1, u2) = (user_turn(&p), user_turn(&v2));
+    let (u1, u2) = (user_turn_of(&p), user_turn_of(&v2));
     assert!(u1.starts_with(&image) && u2.ends_with(&image), "{u2}");
-    assert_eq!(u1.replace(&image, ""), u2.replace(&image, ""));
+    // The same lines, the query moved last, next to the image.
+    let lines = |u: &str| -> Vec<String> { u.replace(&image, "").lines().map(str::to_owned).collect() };
+    let (l1, l2) = (lines(&u1), lines(&u2));
+    assert_eq!(l1.len(), 3);
+    assert_eq!([&l1[0], &l1[1], &l1[2]], [&l2[0], &l2[2], &l2[1]]);
+    assert_eq!(l2[2], "Find: the white van parked on the right");
     assert_eq!(p.replace(&u1, ""), v2.replace(&u2, ""), "system and assistant parts are shared");
+}
+
+/// The user turn's content (between `user\n` and `<|im_end|>`).
+fn user_turn_of(prompt: &str) -> String {
+    let start = prompt.find("user\n").expect("a user turn") + "user\n".len();
+    let end = prompt[start..].find(tokens::IM_END).expect("its end") + start;
+    prompt[start..end].to_owned()
 }
 
 #[test]
