@@ -23,9 +23,9 @@ pub const PROTOCOL_VERSION: u32 = 2;
 pub enum PromptLayout {
     /// Protocol v1: the image, then the text (the order of Qwen2.5-VL's own chat examples).
     ImageFirst,
-    /// Protocol v2: the text (intrinsics, answer format, query), then the image. Under causal
-    /// attention the image tokens can then read the query, which sits right before them, and the
-    /// answer starts the same number of positions after the image for every query. A from-scratch model starts reading its image
+    /// Protocol v2: the same text (intrinsics, query, answer format), then the image. Under causal
+    /// attention the image tokens can then read the query, and the answer starts the same number
+    /// of positions after the image for every query. A from-scratch model starts reading its image
     /// sooner this way (docs/results.md).
     TextFirst,
 }
@@ -120,27 +120,23 @@ impl Query {
     }
 }
 
-/// The text of the user turn: the intrinsics of the model-input image, the query and the expected
-/// answer format. In v1 ([`PromptLayout::ImageFirst`]) it follows the image and the query comes
-/// before the format; in v2 the query comes last, right before the image.
-pub fn user_text(query: &Query, model_input: &Intrinsics, layout: PromptLayout) -> String {
-    let intrinsics = format!(
-        "Camera intrinsics of this {}x{} image: fx={:.1} fy={:.1} cx={:.1} cy={:.1}.",
+/// The text of the user turn (before or after the image, by [`PromptLayout`]): the intrinsics of
+/// the model-input image, the query and the expected answer format.
+pub fn user_text(query: &Query, model_input: &Intrinsics) -> String {
+    format!(
+        "Camera intrinsics of this {}x{} image: fx={:.1} fy={:.1} cx={:.1} cy={:.1}.\n\
+         Find: {}\n\
+         Answer with <answer>{{\"bbox_2d\": [x1, y1, x2, y2], \"bbox_3d\": [x, y, z, l, w, h, yaw]}}</answer>: \
+         the 2D box in pixels of this image, the 3D box centre, length, width, height in metres in the camera \
+         frame (x right, y down, z forward) and yaw in radians about the y axis.",
         model_input.width(),
         model_input.height(),
         model_input.fx(),
         model_input.fy(),
         model_input.cx(),
         model_input.cy(),
-    );
-    let format = "Answer with <answer>{\"bbox_2d\": [x1, y1, x2, y2], \"bbox_3d\": [x, y, z, l, w, h, yaw]}</answer>: \
-                  the 2D box in pixels of this image, the 3D box centre, length, width, height in metres in the \
-                  camera frame (x right, y down, z forward) and yaw in radians about the y axis.";
-    let find = format!("Find: {}", query.as_str());
-    match layout {
-        PromptLayout::ImageFirst => format!("{intrinsics}\n{find}\n{format}"),
-        PromptLayout::TextFirst => format!("{intrinsics}\n{format}\n{find}"),
-    }
+        query.as_str()
+    )
 }
 
 /// The whole prompt in the Qwen2.5-VL chat template, with `image_tokens` `<|image_pad|>` rows (one
@@ -154,7 +150,7 @@ pub fn chat_prompt(
 ) -> String {
     use tokens::*;
     let image = format!("{VISION_START}{}{VISION_END}", IMAGE_PAD.repeat(image_tokens));
-    let text = user_text(query, model_input, layout);
+    let text = user_text(query, model_input);
     let (first, second) = match layout {
         PromptLayout::ImageFirst => (image, text),
         PromptLayout::TextFirst => (text, image),
