@@ -28,12 +28,11 @@ use tch::{Kind, Reduction, Tensor};
 
 use super::grounding::load_image;
 use super::optim::{AdamW, AdamWConfig, CosineSchedule, clip_grad_norm};
-use super::sft::shuffle;
+use super::sft::EpochSampler;
 use crate::data::mono3drefer::{Dataset, Record, Split};
 use crate::model::Qwen25Vl;
 use crate::model::weights::{Init, ParamStore, fresh};
 use crate::{Error, Result};
-use monovlm_calib::synth::SplitMix64;
 
 /// Token classes after background (index 0): KITTI's object types; any other type is `Misc`.
 pub const DENSE_CLASSES: [&str; 8] =
@@ -389,20 +388,11 @@ fn dense_loop(
     let schedule = CosineSchedule { peak_lr: cfg.lr, warmup_steps: cfg.warmup_steps, total_steps: cfg.steps };
     let mut opt = AdamW::new(model.params(), AdamWConfig::default());
     let mut head_opt = AdamW::new(&heads.store, AdamWConfig::default());
-    let mut rng = SplitMix64::new(cfg.seed);
-    let mut order: Vec<usize> = Vec::new();
+    let mut sampler = EpochSampler::new(train.len(), cfg.seed);
     let mut log = Vec::with_capacity(cfg.steps);
     for step in 0..cfg.steps {
-        let mut picked = Vec::with_capacity(cfg.images_per_step);
-        for _ in 0..cfg.images_per_step {
-            if order.is_empty() {
-                order = (0..train.len()).collect();
-                shuffle(&mut order, &mut rng);
-            }
-            if let Some(i) = order.pop() {
-                picked.push(&train[i]);
-            }
-        }
+        let picked: Vec<&DenseImage> =
+            sampler.next_batch(cfg.images_per_step).into_iter().map(|i| &train[i]).collect();
         let batch = dense_batch(model, &picked)?;
         model.params().zero_grad();
         heads.store.zero_grad();

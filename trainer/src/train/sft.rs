@@ -178,21 +178,12 @@ pub fn train_sft(
     } else {
         None
     };
-    let mut rng = SplitMix64::new(cfg.seed);
-    let mut order: Vec<usize> = Vec::new();
+    let mut sampler = EpochSampler::new(train.len(), cfg.seed);
     let mut log = Vec::with_capacity(cfg.steps);
     for step in 0..cfg.steps {
         let t0 = Instant::now();
-        let mut picked = Vec::with_capacity(cfg.batch_size);
-        for _ in 0..cfg.batch_size {
-            if order.is_empty() {
-                order = (0..train.len()).collect();
-                shuffle(&mut order, &mut rng);
-            }
-            if let Some(i) = order.pop() {
-                picked.push(&train[i]);
-            }
-        }
+        let picked: Vec<&Example> =
+            sampler.next_batch(cfg.batch_size).into_iter().map(|i| &train[i]).collect();
         let seqs: Vec<_> = picked.iter().map(|e| e.sequence()).collect();
         let lr = schedule.lr(step);
         let at_step = |e: Error| match e {
@@ -296,6 +287,37 @@ pub fn sft_pointer_step(
     opt.step(model.params(), lr)?;
     pointer.opt.step(&pointer.head.store, lr)?;
     Ok((answer_v, pointer_v, grad_norm, batch.input_ids.numel() as f64))
+}
+
+/// Indices of a training set in shuffled epochs: each epoch is a fresh permutation, drawn from
+/// one deterministic generator, taken from its end.
+pub(crate) struct EpochSampler {
+    len: usize,
+    order: Vec<usize>,
+    rng: SplitMix64,
+}
+
+impl EpochSampler {
+    /// A sampler over `0..len` seeded by `seed`.
+    pub(crate) fn new(len: usize, seed: u64) -> Self {
+        Self { len, order: Vec::new(), rng: SplitMix64::new(seed) }
+    }
+
+    /// The next `size` indices (fewer only for an empty set), starting a new epoch when needed.
+    pub(crate) fn next_batch(&mut self, size: usize) -> Vec<usize> {
+        let mut out = Vec::with_capacity(size);
+        for _ in 0..size {
+            if self.order.is_empty() {
+                self.order = (0..self.len).collect();
+                shuffle(&mut self.order, &mut self.rng);
+            }
+            match self.order.pop() {
+                Some(i) => out.push(i),
+                None => break,
+            }
+        }
+        out
+    }
 }
 
 /// Fisher-Yates with our deterministic generator.
