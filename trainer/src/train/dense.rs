@@ -26,7 +26,7 @@ use monovlm_runtime::preprocess::{PreprocessConfig, Preprocessed};
 use serde::Serialize;
 use tch::{Kind, Reduction, Tensor};
 
-use super::grounding::load_image;
+use super::grounding::{load_image, pixel_tensor};
 use super::optim::{AdamW, AdamWConfig, CosineSchedule, clip_grad_norm};
 use super::sft::EpochSampler;
 use crate::data::mono3drefer::{Dataset, Record, Split};
@@ -277,9 +277,7 @@ fn dense_batch(model: &Qwen25Vl, images: &[&DenseImage]) -> Result<DenseBatch> {
     let mut classes = Vec::new();
     let mut regression = Vec::new();
     for d in images {
-        let pv = &d.image.pixel_values;
-        let data = pv.as_slice().map(<[f32]>::to_vec).unwrap_or_else(|| pv.iter().copied().collect());
-        pixels.push(Tensor::from_slice(&data).reshape([pv.nrows() as i64, pv.ncols() as i64]));
+        pixels.push(pixel_tensor(&d.image));
         grids.push(d.image.grid_thw);
         classes.extend_from_slice(&d.classes);
         regression.extend_from_slice(&d.regression);

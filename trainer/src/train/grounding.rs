@@ -38,9 +38,7 @@ pub struct Example {
 impl Example {
     /// The pixel rows as a tensor `[N, 1176]`.
     pub fn pixel_values(&self) -> Tensor {
-        let pv = &self.image.pixel_values;
-        let data = pv.as_slice().map(<[f32]>::to_vec).unwrap_or_else(|| pv.iter().copied().collect());
-        Tensor::from_slice(&data).reshape([pv.nrows() as i64, pv.ncols() as i64])
+        pixel_tensor(&self.image)
     }
 
     /// Prompt + target, for supervised training.
@@ -82,6 +80,13 @@ pub struct ExampleFormat {
     pub preprocess: PreprocessConfig,
     /// Where the image goes in the prompt.
     pub layout: PromptLayout,
+}
+
+/// The pixel rows of a preprocessed image as a tensor `[N, 1176]`.
+pub(crate) fn pixel_tensor(image: &Preprocessed) -> Tensor {
+    let pv = &image.pixel_values;
+    let data = pv.as_slice().map(<[f32]>::to_vec).unwrap_or_else(|| pv.iter().copied().collect());
+    Tensor::from_slice(&data).reshape([pv.nrows() as i64, pv.ncols() as i64])
 }
 
 /// Tokenises text containing the chat template's special tokens.
