@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use monovlm_runtime::preprocess::PreprocessConfig;
+use monovlm_runtime::protocol::PromptLayout;
 use monovlm_trainer::checkpoint::{self, MonovlmMeta, SaveOptions, StageRecord};
 use monovlm_trainer::data::mono3drefer::{Split, Strictness};
 use monovlm_trainer::eval::plots::{Curve, curves};
@@ -271,6 +272,16 @@ pub fn sft(args: &SftArgs) -> Result<()> {
     let mut meta =
         MonovlmMeta::read(&args.base)?.unwrap_or_else(|| MonovlmMeta::new(&PreprocessConfig::default()));
     let format = meta.example_format()?;
+    if !(args.pointer_weight.is_finite() && args.pointer_weight >= 0.0) {
+        bail!("--pointer-weight {} must be a finite number >= 0", args.pointer_weight);
+    }
+    if args.pointer_weight > 0.0 && format.layout != PromptLayout::TextFirst {
+        bail!(
+            "--pointer-weight needs a protocol v2 checkpoint (the image after the query); {} is v{}",
+            args.base.display(),
+            meta.protocol_version
+        );
+    }
     let mut model = Qwen25Vl::load(&args.base, device, kind)
         .with_context(|| format!("loading {}", args.base.display()))?;
     if args.lora_rank > 0 {
