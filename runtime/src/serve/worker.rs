@@ -135,9 +135,23 @@ fn ground(
     queries: &[Query],
     camera: &Intrinsics,
 ) -> Result<Vec<Grounding>> {
-    std::panic::catch_unwind(AssertUnwindSafe(|| grounder.ground(frame, queries, camera))).unwrap_or_else(
-        |_| Err(Error::Inference { graph: "decoder", message: "the model panicked on this input".into() }),
-    )
+    panic_to_error(|| grounder.ground(frame, queries, camera))
+}
+
+/// Runs `f`; a panic inside it becomes [`Error::Inference`] (with the panic's message) for this call,
+/// and the thread goes on serving.
+fn panic_to_error<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let detail = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(Error::Inference {
+            graph: "decoder",
+            message: format!("the model panicked on this input: {detail}"),
+        })
+    })
 }
 
 /// Requests and standing-query frames alternate when both wait, so that neither starves: a
@@ -256,4 +270,26 @@ fn process_frame(shared: &Shared, grounder: &mut Grounder, frame: Frame) {
         jpeg: Default::default(),
         jpeg_raw: Default::default(),
     })));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_an_inference_error_and_the_thread_goes_on() {
+        let panicked = panic_to_error::<u32>(|| panic!("index out of bounds: the len is 3"));
+        match panicked {
+            Err(Error::Inference { graph, message }) => {
+                assert_eq!(graph, "decoder");
+                assert!(message.contains("the model panicked") && message.contains("len is 3"), "{message}");
+            }
+            other => panic!("expected an inference error, got {other:?}"),
+        }
+        let formatted = panic_to_error::<u32>(|| panic!("{} tokens", 7));
+        assert!(matches!(formatted, Err(Error::Inference { message, .. }) if message.ends_with("7 tokens")));
+        assert_eq!(panic_to_error(|| Ok(5)).ok(), Some(5));
+        let failed = panic_to_error::<u32>(|| Err(Error::EmptyImage { width: 0, height: 1 }));
+        assert!(matches!(failed, Err(Error::EmptyImage { .. })));
+    }
 }
