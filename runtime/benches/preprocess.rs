@@ -8,8 +8,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use image::RgbImage;
 use monovlm_calib::Intrinsics;
 use monovlm_runtime::preprocess::{
-    PreprocessConfig, cu_seqlens, preprocess_image, resize_bicubic, rope_index, vision_position_ids,
-    window_index,
+    PreprocessConfig, cu_seqlens, preprocess_image, preprocess_image_reusing, resize_bicubic, rope_index,
+    vision_position_ids, window_index,
 };
 
 /// A frame with texture everywhere (gradient plus hashed noise), like the fixtures' pattern.
@@ -33,6 +33,15 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("preprocess");
     g.bench_function("preprocess_image_1280x720", |b| {
         b.iter(|| preprocess_image(std::hint::black_box(&rgb), &camera, &config).unwrap())
+    });
+    // The camera loop's path: the previous frame's patch rows are handed back and overwritten.
+    g.bench_function("preprocess_image_reusing_1280x720", |b| {
+        let mut spare = None;
+        b.iter(|| {
+            let p =
+                preprocess_image_reusing(std::hint::black_box(&rgb), &camera, &config, spare.take()).unwrap();
+            spare = Some(p.pixel_values);
+        })
     });
     g.bench_function("resize_bicubic_1280x720_to_1288x728", |b| {
         b.iter(|| resize_bicubic(std::hint::black_box(&rgb), 1288, 728).unwrap())

@@ -206,6 +206,9 @@ pub struct Grounder {
     options: GrounderOptions,
     /// The last undistortion: the camera it was built for, its pinhole camera and the remap table.
     undistort: Option<(Intrinsics, Intrinsics, UndistortMap)>,
+    /// The last frame's patch rows, handed back by [`Grounder::ground`] for the next frame to
+    /// overwrite (`preprocess_image_reusing`).
+    spare_pixels: Option<ndarray::Array2<f32>>,
 }
 
 impl std::fmt::Debug for Grounder {
@@ -253,7 +256,16 @@ impl Grounder {
             vision = %pv, embed = %pe, decoder = %pd,
             "model package loaded"
         );
-        Ok(Self { package, vision, embed, decoder, providers: [pv, pe, pd], options, undistort: None })
+        Ok(Self {
+            package,
+            vision,
+            embed,
+            decoder,
+            providers: [pv, pe, pd],
+            options,
+            undistort: None,
+            spare_pixels: None,
+        })
     }
 
     /// The package.
@@ -280,7 +292,8 @@ impl Grounder {
     pub fn prepare(&mut self, image: &RgbImage, camera: &Intrinsics) -> Result<(Preprocessed, Intrinsics)> {
         let distorted = camera.distortion().is_some_and(|d| !d.is_zero());
         if !distorted {
-            let pre = preprocess::preprocess_image(image, camera, &self.package.preprocess)?;
+            let spare = self.spare_pixels.take();
+            let pre = preprocess::preprocess_image_reusing(image, camera, &self.package.preprocess, spare)?;
             return Ok((pre, camera.clone()));
         }
         if (image.width(), image.height()) != (camera.width(), camera.height()) {
@@ -299,7 +312,9 @@ impl Grounder {
             return Err(Error::InvalidPreprocessConfig("undistortion table missing".into()));
         };
         let undistorted = map.remap_rgb(image)?;
-        let pre = preprocess::preprocess_image(&undistorted, pinhole, &self.package.preprocess)?;
+        let spare = self.spare_pixels.take();
+        let pre =
+            preprocess::preprocess_image_reusing(&undistorted, pinhole, &self.package.preprocess, spare)?;
         Ok((pre, pinhole.clone()))
     }
 
@@ -624,6 +639,7 @@ impl Grounder {
                 timings: Timings::default(),
             });
         }
+        self.spare_pixels = Some(pre.pixel_values);
         timings.postprocess_ms = ms(t_post.elapsed().as_secs_f64());
         timings.new_tokens = generated.tokens.iter().map(Vec::len).sum();
         timings.tokens_per_s =

@@ -8,7 +8,7 @@ use monovlm_calib::{Intrinsics, Point2, Point3};
 use monovlm_runtime::Error;
 use monovlm_runtime::preprocess::{
     MAX_ASPECT_RATIO, PATCH_ROW_LEN, PreprocessConfig, RESIZE_FACTOR_PX, cu_seqlens, preprocess_image,
-    resize_bicubic, rope_index, smart_resize, vision_position_ids, window_index,
+    preprocess_image_reusing, resize_bicubic, rope_index, smart_resize, vision_position_ids, window_index,
 };
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
@@ -235,6 +235,45 @@ fn pixel_values_equal_transformers() {
                 let got: f64 = row.iter().map(|&v| f64::from(v)).sum();
                 assert!((got - want).abs() <= ROW_SUM_TOL * want.abs().max(1.0), "{} row {r}", case.name);
             }
+        }
+    }
+}
+
+/// A reused buffer is fully overwritten: NaN garbage of the right shape, a buffer of another
+/// shape (replaced), a non-standard layout (replaced) and none all give the fresh result, bit for bit.
+#[test]
+fn reusing_a_buffer_gives_the_fresh_result() {
+    for case in cases() {
+        let rgb = pattern(case.width, case.height);
+        let camera = camera_for(case.width, case.height);
+        let fresh = preprocess_image(&rgb, &camera, &case.config).unwrap();
+        let bits = |a: &ndarray::Array2<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let want = bits(&fresh.pixel_values);
+        let dim = fresh.pixel_values.dim();
+        let garbage = ndarray::Array2::from_elem(dim, f32::NAN);
+        let wrong_shape = ndarray::Array2::from_elem((dim.0 + 4, dim.1), 7.0f32);
+        let transposed = ndarray::Array2::from_elem((dim.1, dim.0), f32::NAN).reversed_axes();
+        for (what, spare) in [
+            ("garbage", Some(garbage)),
+            ("wrong shape", Some(wrong_shape)),
+            ("transposed", Some(transposed)),
+            ("none", None),
+        ] {
+            let got = preprocess_image_reusing(&rgb, &camera, &case.config, spare).unwrap();
+            assert_eq!(got.grid_thw, fresh.grid_thw, "{} {what}", case.name);
+            assert!(got.pixel_values.is_standard_layout(), "{} {what}", case.name);
+            assert!(bits(&got.pixel_values) == want, "{} {what}: pixel values differ", case.name);
+        }
+        // The camera loop's hand-back: the previous frame's buffer, holding another image.
+        let other = preprocess_image(
+            &pattern(case.height.max(1), case.width.max(1)),
+            &camera_for(case.height, case.width),
+            &case.config,
+        );
+        if let Ok(other) = other {
+            let got =
+                preprocess_image_reusing(&rgb, &camera, &case.config, Some(other.pixel_values)).unwrap();
+            assert!(bits(&got.pixel_values) == want, "{} after another frame", case.name);
         }
     }
 }
