@@ -291,8 +291,8 @@ impl Grounder {
     /// undistortion errors.
     pub fn prepare(&mut self, image: &RgbImage, camera: &Intrinsics) -> Result<(Preprocessed, Intrinsics)> {
         let distorted = camera.distortion().is_some_and(|d| !d.is_zero());
+        let spare = self.spare_pixels.take();
         if !distorted {
-            let spare = self.spare_pixels.take();
             let pre = preprocess::preprocess_image_reusing(image, camera, &self.package.preprocess, spare)?;
             return Ok((pre, camera.clone()));
         }
@@ -312,7 +312,6 @@ impl Grounder {
             return Err(Error::InvalidPreprocessConfig("undistortion table missing".into()));
         };
         let undistorted = map.remap_rgb(image)?;
-        let spare = self.spare_pixels.take();
         let pre =
             preprocess::preprocess_image_reusing(&undistorted, pinhole, &self.package.preprocess, spare)?;
         Ok((pre, pinhole.clone()))
