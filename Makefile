@@ -34,7 +34,7 @@ endif
 
 # Reproduces models/nano/ and docs/results.md's numbers from scratch (about two hours on two cores).
 nano-model: setup
-	$(CARGO) build --locked --release -p monovlm-trainer -p monovlm-export -p monovlm-runtime
+	$(CARGO) build --locked --release -p monovlm-trainer -p monovlm-exporter -p monovlm-runtime
 	bash scripts/nano-model
 	bash scripts/nano-model install
 
