@@ -8,8 +8,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use image::RgbImage;
 use monovlm_calib::Intrinsics;
 use monovlm_runtime::preprocess::{
-    PreprocessConfig, cu_seqlens, preprocess_image, preprocess_image_reusing, resize_bicubic, rope_index,
-    vision_position_ids, window_index,
+    PreprocessConfig, ResizedImage, cu_seqlens, preprocess_image, preprocess_image_reusing, resize_bicubic,
+    rope_index, vision_position_ids, window_index,
 };
 
 /// A frame with texture everywhere (gradient plus hashed noise), like the fixtures' pattern.
@@ -45,6 +45,21 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("resize_bicubic_1280x720_to_1288x728", |b| {
         b.iter(|| resize_bicubic(std::hint::black_box(&rgb), 1288, 728).unwrap())
+    });
+    g.finish();
+
+    // The trainer's path: a KITTI frame held as its 448x140 model input (8-bit), patch rows made
+    // each time an example is batched.
+    let kitti = frame(1242, 375);
+    let kitti_camera = Intrinsics::new(721.5, 721.5, 609.6, 172.9, 1242, 375).unwrap();
+    let nano = PreprocessConfig { max_pixels: 62_720, ..PreprocessConfig::default() };
+    let resized = ResizedImage::new(&kitti, &kitti_camera, &nano).unwrap();
+    let mut g = c.benchmark_group("training_images");
+    g.bench_function("resized_image_patch_rows_448x140", |b| {
+        b.iter(|| std::hint::black_box(&resized).patch_rows())
+    });
+    g.bench_function("preprocess_image_1242x375_to_448x140", |b| {
+        b.iter(|| preprocess_image(std::hint::black_box(&kitti), &kitti_camera, &nano).unwrap())
     });
     g.finish();
 

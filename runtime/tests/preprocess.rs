@@ -7,8 +7,9 @@ use image::RgbImage;
 use monovlm_calib::{Intrinsics, Point2, Point3};
 use monovlm_runtime::Error;
 use monovlm_runtime::preprocess::{
-    MAX_ASPECT_RATIO, PATCH_ROW_LEN, PreprocessConfig, RESIZE_FACTOR_PX, cu_seqlens, preprocess_image,
-    preprocess_image_reusing, resize_bicubic, rope_index, smart_resize, vision_position_ids, window_index,
+    MAX_ASPECT_RATIO, PATCH_ROW_LEN, PreprocessConfig, RESIZE_FACTOR_PX, ResizedImage, cu_seqlens,
+    preprocess_image, preprocess_image_reusing, resize_bicubic, rope_index, smart_resize,
+    vision_position_ids, window_index,
 };
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
@@ -271,6 +272,49 @@ fn reusing_a_buffer_gives_the_fresh_result() {
         let got = preprocess_image_reusing(&rgb, &camera, &case.config, Some(other.pixel_values)).unwrap();
         assert!(bits(&got.pixel_values) == want, "{} after another frame", case.name);
     }
+}
+
+/// The compact training form gives the same patch rows and geometry as `preprocess_image`, bit for
+/// bit, on every fixture size (so it equals transformers too), on a KITTI-size frame and with a
+/// non-default normalisation; and it rejects what `preprocess_image` rejects.
+#[test]
+fn resized_image_patch_rows_equal_preprocess_image() {
+    let bits = |a: &ndarray::Array2<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let kitti = PreprocessConfig { max_pixels: 62_720, ..PreprocessConfig::default() };
+    let odd_norm =
+        PreprocessConfig { image_mean: [0.1, 0.5, 0.9], image_std: [0.2, 0.7, 1.3], ..kitti.clone() };
+    let mut all: Vec<(String, u32, u32, PreprocessConfig)> =
+        cases().into_iter().map(|c| (c.name, c.width, c.height, c.config)).collect();
+    all.push(("kitti".into(), 1242, 375, kitti));
+    all.push(("kitti, other mean/std".into(), 1242, 375, odd_norm));
+    for (name, width, height, config) in all {
+        let rgb = pattern(width, height);
+        let camera = camera_for(width, height);
+        let full = preprocess_image(&rgb, &camera, &config).unwrap();
+        let compact = ResizedImage::new(&rgb, &camera, &config).unwrap();
+        assert_eq!(compact.grid_thw, full.grid_thw, "{name}");
+        assert_eq!(compact.num_image_tokens, full.num_image_tokens, "{name}");
+        assert_eq!(compact.input_size_px(), full.input_size_px(), "{name}");
+        assert_eq!(compact.intrinsics, full.intrinsics, "{name}");
+        assert_eq!(compact.resize_map, full.resize_map, "{name}");
+        let rows = compact.patch_rows();
+        assert_eq!(rows.dim(), full.pixel_values.dim(), "{name}");
+        assert!(bits(&rows) == bits(&full.pixel_values), "{name}: patch rows differ");
+    }
+    let camera = camera_for(64, 48);
+    assert!(matches!(
+        ResizedImage::new(&pattern(64, 40), &camera, &PreprocessConfig::default()),
+        Err(Error::ImageSizeMismatch { .. })
+    ));
+    assert!(matches!(
+        ResizedImage::new(&RgbImage::new(0, 0), &camera, &PreprocessConfig::default()),
+        Err(Error::EmptyImage { .. })
+    ));
+    let nan_std = PreprocessConfig { image_std: [f64::NAN, 1.0, 1.0], ..PreprocessConfig::default() };
+    assert!(matches!(
+        ResizedImage::new(&pattern(64, 48), &camera, &nan_std),
+        Err(Error::InvalidPreprocessConfig(_))
+    ));
 }
 
 #[test]

@@ -193,7 +193,7 @@ pub fn bench_grpo(shape: &GrpoBenchShape, steps: usize) -> Result<BenchResult> {
     use crate::grpo::{GrpoConfig, Reference, grpo_step};
     use crate::train::grounding::Example;
     use monovlm_calib::Intrinsics;
-    use monovlm_runtime::preprocess::{PreprocessConfig, preprocess_image};
+    use monovlm_runtime::preprocess::{PreprocessConfig, ResizedImage};
 
     let ids = SpecialIds {
         image_pad: shape.vocab - 8,
@@ -209,7 +209,7 @@ pub fn bench_grpo(shape: &GrpoBenchShape, steps: usize) -> Result<BenchResult> {
     let k = Intrinsics::new(50.0, 50.0, 28.0, 28.0, 56, 56)?;
     let img = image::RgbImage::from_pixel(56, 56, image::Rgb([100, 120, 140]));
     let pre = PreprocessConfig { min_pixels: 56 * 56, max_pixels: 56 * 56, ..PreprocessConfig::default() };
-    let image = std::sync::Arc::new(preprocess_image(&img, &k, &pre)?);
+    let image = std::sync::Arc::new(ResizedImage::new(&img, &k, &pre)?);
     let label = monovlm_calib::kitti::KittiLabel::parse_line(
         "Car 0 0 0 1 1 20 20 1.5 1.6 3.9 0 1.5 10 0",
         "bench",

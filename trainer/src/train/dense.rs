@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use monovlm_calib::Box2d;
-use monovlm_runtime::preprocess::{PreprocessConfig, Preprocessed};
+use monovlm_runtime::preprocess::{PreprocessConfig, ResizedImage};
 use serde::Serialize;
 use tch::{Kind, Reduction, Tensor};
 
@@ -50,8 +50,8 @@ const TOKEN_PX: f64 = 28.0;
 pub struct DenseImage {
     /// The dataset's image name.
     pub name: String,
-    /// The preprocessed image (merged tokens in row-major order).
-    pub image: Arc<Preprocessed>,
+    /// The model-input image (merged tokens in row-major order).
+    pub image: Arc<ResizedImage>,
     /// `[T]` class per merged token: 0 background, `1 + index` into [`DENSE_CLASSES`].
     pub classes: Vec<i64>,
     /// `[T * REGRESSION_TARGETS]` targets, row-major; zeros on background tokens.
@@ -74,7 +74,7 @@ pub fn dense_class(kitti_class: &str) -> i64 {
 /// The per-token targets of `image` showing the objects of `records` (one record per object).
 ///
 /// Objects are painted far to near, so a token shows the nearest object covering its centre.
-pub fn dense_targets(name: &str, image: Arc<Preprocessed>, records: &[&Record]) -> DenseImage {
+pub fn dense_targets(name: &str, image: Arc<ResizedImage>, records: &[&Record]) -> DenseImage {
     let [_, grid_h, grid_w] = image.grid_thw;
     let (rows, cols) = (grid_h / 2, grid_w / 2);
     let (w_px, h_px) = image.input_size_px();
@@ -101,7 +101,7 @@ pub fn dense_targets(name: &str, image: Arc<Preprocessed>, records: &[&Record]) 
             r.box3d.yaw.cos(),
         ];
         let class = dense_class(&r.label.class);
-        for t in object_tokens(&image, &b) {
+        for t in object_tokens(image.grid_thw, &b) {
             classes[t] = class;
             for (slot, v) in
                 regression[t * REGRESSION_TARGETS..(t + 1) * REGRESSION_TARGETS].iter_mut().zip(targets)
@@ -113,11 +113,12 @@ pub fn dense_targets(name: &str, image: Arc<Preprocessed>, records: &[&Record]) 
     DenseImage { name: name.to_owned(), image, classes, regression }
 }
 
-/// The merged tokens (row-major indices) that show `bbox` (model-input pixels) of `image`: those
+/// The merged tokens (row-major indices) that show `bbox` (model-input pixels) of an image of
+/// patch grid `grid_thw`: those
 /// whose centre lies in the box, and always the token holding the box centre, so that an object
 /// too small to cover a token centre still has one.
-pub fn object_tokens(image: &Preprocessed, bbox: &Box2d) -> Vec<usize> {
-    let [_, grid_h, grid_w] = image.grid_thw;
+pub fn object_tokens(grid_thw: [usize; 3], bbox: &Box2d) -> Vec<usize> {
+    let [_, grid_h, grid_w] = grid_thw;
     let (rows, cols) = (grid_h / 2, grid_w / 2);
     if rows == 0 || cols == 0 {
         return Vec::new();

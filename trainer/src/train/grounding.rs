@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use monovlm_calib::synth::SplitMix64;
 use monovlm_calib::{Box2d, Intrinsics, ResizeMap};
-use monovlm_runtime::preprocess::{PreprocessConfig, Preprocessed, preprocess_image};
+use monovlm_runtime::preprocess::{PreprocessConfig, ResizedImage};
 use monovlm_runtime::protocol::{self, Answer, PromptLayout, Query, tokens};
 use tch::Tensor;
 use tokenizers::Tokenizer;
@@ -31,8 +31,9 @@ pub struct Example {
     pub prompt: Vec<i64>,
     /// The ground-truth answer tokens, `<|im_end|>` last.
     pub target: Vec<i64>,
-    /// The preprocessed image (shared by the records of one image).
-    pub image: Arc<Preprocessed>,
+    /// The model-input image (shared by the records of one image), held as 8-bit RGB: a machine
+    /// holds eight times the scenes it could as f32 patch rows.
+    pub image: Arc<ResizedImage>,
 }
 
 impl Example {
@@ -63,7 +64,10 @@ impl Example {
     /// The image tokens (row-major indices) that show the described object: the referring
     /// pointer's targets ([`super::dense::object_tokens`] of its 2D box in the model input).
     pub fn referred_tokens(&self) -> Vec<usize> {
-        super::dense::object_tokens(&self.image, &self.image.resize_map.map_box(&self.record.label.bbox))
+        super::dense::object_tokens(
+            self.image.grid_thw,
+            &self.image.resize_map.map_box(&self.record.label.bbox),
+        )
     }
 
     /// Maps the model-input image back to camera pixels.
@@ -82,11 +86,13 @@ pub struct ExampleFormat {
     pub layout: PromptLayout,
 }
 
-/// The pixel rows of a preprocessed image as a tensor `[N, 1176]`.
-pub(crate) fn pixel_tensor(image: &Preprocessed) -> Tensor {
-    let pv = &image.pixel_values;
-    let data = pv.as_slice().map(<[f32]>::to_vec).unwrap_or_else(|| pv.iter().copied().collect());
-    Tensor::from_slice(&data).reshape([pv.nrows() as i64, pv.ncols() as i64])
+/// The patch rows of a model-input image as a tensor `[N, 1176]` (made on demand, bit-identical to
+/// the runtime's `preprocess_image`).
+pub(crate) fn pixel_tensor(image: &ResizedImage) -> Tensor {
+    let pv = image.patch_rows();
+    let shape = [pv.nrows() as i64, pv.ncols() as i64];
+    let data = pv.into_raw_vec_and_offset().0;
+    Tensor::from_slice(&data).reshape(shape)
 }
 
 /// Tokenises text containing the chat template's special tokens.
@@ -133,7 +139,7 @@ pub fn build_examples(
     limit: Option<usize>,
     mut on_example: impl FnMut(),
 ) -> Result<Vec<Example>> {
-    let mut images: HashMap<String, Arc<Preprocessed>> = HashMap::new();
+    let mut images: HashMap<String, Arc<ResizedImage>> = HashMap::new();
     let records = dataset.records(split);
     let records = &records[..limit.unwrap_or(records.len()).min(records.len())];
     let mut out = Vec::with_capacity(records.len());
@@ -203,7 +209,7 @@ pub fn build_crop_examples(
         let crop_k = k.cropped(x0, y0, w, h)?;
         let crop = image::imageops::crop_imm(&rgb, x0, y0, w, h).to_image();
         frame = Some((name, rgb, k));
-        let image = Arc::new(preprocess_image(&crop, &crop_k, &format.preprocess)?);
+        let image = Arc::new(ResizedImage::new(&crop, &crop_k, &format.preprocess)?);
         let mut record = record.clone();
         let (b, dx, dy) = (record.label.bbox, f64::from(x0), f64::from(y0));
         record.label.bbox = Box2d {
@@ -252,7 +258,7 @@ fn crop_window(
 /// model input), tokenised.
 fn grounding_example(
     record: Record,
-    image: Arc<Preprocessed>,
+    image: Arc<ResizedImage>,
     tokenizer: &Tokenizer,
     layout: PromptLayout,
 ) -> Result<Example> {
@@ -263,11 +269,11 @@ fn grounding_example(
     Ok(Example { prompt: encode(tokenizer, &prompt)?, target: encode(tokenizer, &target)?, record, image })
 }
 
-pub(crate) fn load_image(dataset: &Dataset, name: &str, pre: &PreprocessConfig) -> Result<Preprocessed> {
+pub(crate) fn load_image(dataset: &Dataset, name: &str, pre: &PreprocessConfig) -> Result<ResizedImage> {
     let path = dataset.image_path(name)?;
     let rgb = read_rgb(&path)?;
     let k = dataset.intrinsics(name)?;
-    Ok(preprocess_image(&rgb, &k, pre)?)
+    Ok(ResizedImage::new(&rgb, &k, pre)?)
 }
 
 fn read_rgb(path: &Path) -> Result<image::RgbImage> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use monovlm_calib::kitti::KittiLabel;
 use monovlm_calib::synth::SplitMix64;
 use monovlm_calib::{Box2d, Intrinsics};
-use monovlm_runtime::preprocess::{PreprocessConfig, preprocess_image};
+use monovlm_runtime::preprocess::{PreprocessConfig, ResizedImage};
 use monovlm_runtime::protocol::{self, Answer, PromptLayout, Query, tokens};
 use monovlm_trainer::data::mono3drefer::{Record, SampleKey};
 use monovlm_trainer::model::Qwen25Vl;
@@ -30,7 +30,7 @@ pub fn example(i: u64, rng: &mut SplitMix64, tokenizer: &tokenizers::Tokenizer) 
     }
     let k = Intrinsics::new(100.0, 100.0, 56.0, 56.0, SIDE, SIDE).unwrap();
     let pre = PreprocessConfig { min_pixels: 56 * 56, max_pixels: 112 * 112, ..PreprocessConfig::default() };
-    let image = Arc::new(preprocess_image(&img, &k, &pre).unwrap());
+    let image = Arc::new(ResizedImage::new(&img, &k, &pre).unwrap());
     let label = KittiLabel {
         class: "Car".into(),
         truncated: 0.0,
