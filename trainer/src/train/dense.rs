@@ -113,10 +113,9 @@ pub fn dense_targets(name: &str, image: Arc<ResizedImage>, records: &[&Record]) 
     DenseImage { name: name.to_owned(), image, classes, regression }
 }
 
-/// The merged tokens (row-major indices) that show `bbox` (model-input pixels) of an image of
-/// patch grid `grid_thw`: those
-/// whose centre lies in the box, and always the token holding the box centre, so that an object
-/// too small to cover a token centre still has one.
+/// The merged tokens (row-major indices) that show `bbox` (model-input pixels) in an image of patch
+/// grid `grid_thw`: those whose centre lies in the box, and always the token holding the box
+/// centre, so that an object too small to cover a token centre still has one.
 pub fn object_tokens(grid_thw: [usize; 3], bbox: &Box2d) -> Vec<usize> {
     let [_, grid_h, grid_w] = grid_thw;
     let (rows, cols) = (grid_h / 2, grid_w / 2);
