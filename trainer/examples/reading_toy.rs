@@ -32,14 +32,16 @@ use monovlm_trainer::model::Qwen25Vl;
 use monovlm_trainer::model::presets::{ModelSize, SpecialIds};
 use monovlm_trainer::tokenizer::train_bpe;
 use monovlm_trainer::train::grounding::{Example, encode};
-use monovlm_trainer::train::sft::{SftConfig, train_sft};
+use monovlm_trainer::train::sft::{SftConfig, shuffle, train_sft};
 use tch::{Device, Kind};
 
 /// Image size: the nano model's input (62,720 pixels, a 16 x 5 grid of merged tokens).
 const WIDTH_PX: u32 = 448;
 const HEIGHT_PX: u32 = 140;
+/// Tallest box drawn (pixels): the image is 140 tall.
+const MAX_BOX_HEIGHT_PX: f64 = 130.0;
 /// Box sides of the easy phase (pixels).
-const EASY_BOX_PX: (f64, f64) = (60.0, 130.0);
+const EASY_BOX_PX: (f64, f64) = (60.0, MAX_BOX_HEIGHT_PX);
 const BACKGROUND: [u8; 3] = [90, 90, 90];
 const COLOURS: [(&str, [u8; 3]); 4] =
     [("red", [220, 40, 40]), ("blue", [40, 60, 220]), ("green", [40, 200, 60]), ("yellow", [230, 220, 40])];
@@ -52,7 +54,7 @@ struct Args {
     /// Smallest box side of the main phase (pixels).
     #[arg(long, default_value_t = 20.0)]
     box_min: f64,
-    /// Largest box side of the main phase (pixels; heights at most 130).
+    /// Largest box side of the main phase (pixels; heights at most `MAX_BOX_HEIGHT_PX`).
     #[arg(long, default_value_t = 60.0)]
     box_max: f64,
     /// Steps on large boxes (60-130 px) before the main phase; 0 = none.
@@ -95,15 +97,12 @@ fn example(
     layout: PromptLayout,
 ) -> Result<Example> {
     let mut colours: Vec<usize> = (0..COLOURS.len()).collect();
-    for k in (1..colours.len()).rev() {
-        let j = ((rng.unit() * (k as f64 + 1.0)) as usize).min(k);
-        colours.swap(k, j);
-    }
+    shuffle(&mut colours, rng);
     let (w_img, h_img) = (f64::from(WIDTH_PX), f64::from(HEIGHT_PX));
     let boxes: Vec<Box2d> = (0..objects)
         .map(|_| {
             let w = rng.range(side_px.0, side_px.1).round();
-            let h = rng.range(side_px.0, side_px.1.min(130.0)).round();
+            let h = rng.range(side_px.0, side_px.1.min(MAX_BOX_HEIGHT_PX)).round();
             let (x1, y1) = (rng.range(0.0, w_img - w).round(), rng.range(0.0, h_img - h).round());
             Box2d { x1, y1, x2: x1 + w, y2: y1 + h }
         })

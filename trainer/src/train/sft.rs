@@ -321,7 +321,7 @@ impl EpochSampler {
 }
 
 /// Fisher-Yates with our deterministic generator.
-pub(crate) fn shuffle<T>(items: &mut [T], rng: &mut SplitMix64) {
+pub fn shuffle<T>(items: &mut [T], rng: &mut SplitMix64) {
     for i in (1..items.len()).rev() {
         let j = ((rng.unit() * (i + 1) as f64) as usize).min(i);
         items.swap(i, j);
