@@ -12,11 +12,13 @@
 //! cargo run --release -p monovlm-trainer --example reading_toy -- --easy-steps 800 --steps 1200
 //! cargo run --release -p monovlm-trainer --example reading_toy -- --layout v2 --pointer 1
 //! cargo run --release -p monovlm-trainer --example reading_toy -- --objects 3 --easy-steps 800
+//! cargo run --release -p monovlm-trainer --example reading_toy -- --objects 3 --easy-objects 1 --easy-steps 800
 //! ```
 //!
 //! `--easy-steps N` first trains N steps on large boxes (60-130 px, 6-25% of the image), then on
 //! the small ones (`--box-min`..`--box-max`, default 20-60 px, 1-5%: the share of a described
-//! object in our driving scenes).
+//! object in our driving scenes). `--easy-objects M` sets the boxes per image of that easy phase
+//! (default `--objects`): with 1 it is easy in both factors, large and with nothing to pick.
 
 use std::sync::Arc;
 
@@ -60,6 +62,10 @@ struct Args {
     /// Steps on large boxes (60-130 px) before the main phase; 0 = none.
     #[arg(long, default_value_t = 0)]
     easy_steps: usize,
+    /// Boxes per image in the easy phase (default: `--objects`); 1 makes it an easy phase in both
+    /// factors (large, and nothing to pick).
+    #[arg(long)]
+    easy_objects: Option<usize>,
     /// Steps of the main phase.
     #[arg(long, default_value_t = 1200)]
     steps: usize,
@@ -158,23 +164,28 @@ fn tokenizer(layout: PromptLayout) -> Result<tokenizers::Tokenizer> {
     Ok(train_bpe(corpus.into_iter(), 400, 2)?)
 }
 
+/// One training phase: boxes per image, their sides (pixels), steps, and the data seed.
+struct Phase {
+    name: &'static str,
+    objects: usize,
+    side_px: (f64, f64),
+    steps: usize,
+    seed: u64,
+}
+
 /// Trains one phase and prints its evaluations.
-#[allow(clippy::too_many_arguments)]
 fn phase(
-    name: &str,
+    spec: &Phase,
     model: &mut Qwen25Vl,
     tokenizer: &tokenizers::Tokenizer,
     pad: i64,
     args: &Args,
     layout: PromptLayout,
-    side_px: (f64, f64),
-    steps: usize,
-    seed: u64,
 ) -> Result<()> {
+    let Phase { name, objects, side_px, steps, seed } = *spec;
     let mut rng = SplitMix64::new(seed);
     let mut draw = |ids: std::ops::Range<u64>| {
-        ids.map(|i| example(i, &mut rng, tokenizer, args.objects, side_px, layout))
-            .collect::<Result<Vec<_>>>()
+        ids.map(|i| example(i, &mut rng, tokenizer, objects, side_px, layout)).collect::<Result<Vec<_>>>()
     };
     let train = draw(0..args.train_images)?;
     let val = draw(1_000_000..1_000_000 + args.val_images)?;
@@ -207,8 +218,11 @@ fn phase(
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if !(1..=COLOURS.len()).contains(&args.objects) {
-        bail!("--objects {}: 1 to {}", args.objects, COLOURS.len());
+    let easy_objects = args.easy_objects.unwrap_or(args.objects);
+    for (flag, n) in [("--objects", args.objects), ("--easy-objects", easy_objects)] {
+        if !(1..=COLOURS.len()).contains(&n) {
+            bail!("{flag} {n}: 1 to {}", COLOURS.len());
+        }
     }
     if !(args.box_min >= 1.0 && args.box_min <= args.box_max && args.box_max < f64::from(HEIGHT_PX)) {
         bail!("box sides {}..{}: need 1 <= min <= max < {HEIGHT_PX}", args.box_min, args.box_max);
@@ -225,8 +239,16 @@ fn main() -> Result<()> {
     let config = ModelSize::tiny().config(vocab, &ids);
     let mut model = Qwen25Vl::random(&config, Device::Cpu, Kind::Float, 7)?;
     if args.easy_steps > 0 {
-        phase("easy", &mut model, &tokenizer, ids.pad, &args, layout, EASY_BOX_PX, args.easy_steps, 5)?;
+        let easy = Phase {
+            name: "easy",
+            objects: easy_objects,
+            side_px: EASY_BOX_PX,
+            steps: args.easy_steps,
+            seed: 5,
+        };
+        phase(&easy, &mut model, &tokenizer, ids.pad, &args, layout)?;
     }
     let side_px = (args.box_min, args.box_max);
-    phase("main", &mut model, &tokenizer, ids.pad, &args, layout, side_px, args.steps, 11)
+    let main = Phase { name: "main", objects: args.objects, side_px, steps: args.steps, seed: 11 };
+    phase(&main, &mut model, &tokenizer, ids.pad, &args, layout)
 }
