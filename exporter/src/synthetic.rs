@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use monovlm_runtime::model_config::{Qwen25VlConfig, TextConfig, VisionConfig};
+use monovlm_runtime::model_config::{ABS_POSITION_WEIGHT, Qwen25VlConfig, TextConfig, VisionConfig};
 use safetensors::{Dtype, tensor::TensorView};
 
 use crate::{Error, Result};
@@ -67,6 +67,7 @@ pub fn bench_config() -> Qwen25VlConfig {
             out_hidden_size: 512,
             initializer_range: 0.02,
             tokens_per_second: 2,
+            abs_position_periods: Vec::new(),
         },
         image_token_id: 8186,
         video_token_id: 8187,
@@ -112,6 +113,10 @@ pub fn tensor_list(cfg: &Qwen25VlConfig) -> Vec<(String, Vec<i64>)> {
     out.push(("visual.merger.mlp.0.bias".into(), vec![merged]));
     out.push(("visual.merger.mlp.2.weight".into(), vec![v.out_hidden_size, merged]));
     out.push(("visual.merger.mlp.2.bias".into(), vec![v.out_hidden_size]));
+    if !v.abs_position_periods.is_empty() {
+        let code_len = 4 * v.abs_position_periods.len() as i64;
+        out.push((ABS_POSITION_WEIGHT.into(), vec![v.out_hidden_size, code_len]));
+    }
     let d = t.hidden_size;
     let (q, kv) = (t.num_attention_heads * t.head_dim(), t.num_key_value_heads * t.head_dim());
     out.push(("model.embed_tokens.weight".into(), vec![t.vocab_size, d]));

@@ -73,6 +73,34 @@ pub struct VisionConfig {
     pub initializer_range: f64,
     /// Temporal rotary scale for videos (kept for round trips; images do not use it).
     pub tokens_per_second: i64,
+    /// Periods, in merged tokens, of an absolute position code: each merged token's `(row, column)`
+    /// (row-major, the rows first) times `2 pi / period`, as sines then cosines (`4 * periods`
+    /// values, see [`abs_position_code`]), which a learned projection
+    /// ([`ABS_POSITION_WEIGHT`], `[out_hidden_size, 4 * periods]`) adds to the merger's output.
+    /// Empty in Qwen2.5-VL, whose image features carry no absolute position (only the rotary's
+    /// relative one). Our extension: `config.json`'s `vision_config.monovlm_abs_position_periods`,
+    /// written only when non-empty, so standard checkpoints round-trip unchanged.
+    pub abs_position_periods: Vec<f64>,
+}
+
+/// Tensor of the absolute position code's projection (see [`VisionConfig::abs_position_periods`]).
+pub const ABS_POSITION_WEIGHT: &str = "visual.merger.pos_proj.weight";
+
+/// The periods `monovlm-train init --abs-position` uses: 4 to 128 merged tokens (112 to 3,584
+/// pixels). The code repeats after 128 merged tokens, so every position of a frame up to 3,584
+/// pixels a side (far more than our presets' inputs) has its own.
+pub const DEFAULT_ABS_POSITION_PERIODS: [f64; 6] = [4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
+/// The absolute position code of one merged token at `(row, column)` of its image's merged grid:
+/// `[sin(row w_1) .. sin(row w_n), sin(col w_1) .. sin(col w_n), cos(row w_1) .. cos(col w_n)]`
+/// with `w_i = 2 pi / periods[i]`. The reference the trainer's and the exported graph's code are
+/// tested against.
+pub fn abs_position_code(row: f64, col: f64, periods: &[f64]) -> Vec<f64> {
+    let angles: Vec<f64> = [row, col]
+        .iter()
+        .flat_map(|&x| periods.iter().map(move |p| x * 2.0 * std::f64::consts::PI / p))
+        .collect();
+    angles.iter().map(|a| a.sin()).chain(angles.iter().map(|a| a.cos())).collect()
 }
 
 impl VisionConfig {
@@ -136,6 +164,14 @@ fn float_or(obj: &Value, key: &str, default: f64, what: &str) -> Result<f64> {
         None => Ok(default),
         Some(v) => v.as_f64().ok_or_else(|| Error::ModelConfig(format!("{what}: `{key}` is not a number"))),
     }
+}
+
+fn float_list(v: &Value, what: &str) -> Result<Vec<f64>> {
+    v.as_array()
+        .ok_or_else(|| Error::ModelConfig(format!("{what} is not a list")))?
+        .iter()
+        .map(|x| x.as_f64().ok_or_else(|| Error::ModelConfig(format!("{what} holds a non-number"))))
+        .collect()
 }
 
 fn int_list(v: &Value, what: &str) -> Result<Vec<i64>> {
@@ -247,7 +283,17 @@ impl Qwen25VlConfig {
             out_hidden_size: int_or(vis, "out_hidden_size", hidden_size, v)?,
             initializer_range: float_or(vis, "initializer_range", 0.02, v)?,
             tokens_per_second: int_or(vis, "tokens_per_second", 2, v)?,
+            abs_position_periods: match field(vis, "monovlm_abs_position_periods") {
+                None => Vec::new(),
+                Some(list) => float_list(list, "monovlm_abs_position_periods")?,
+            },
         };
+        if vision.abs_position_periods.iter().any(|p| !(p.is_finite() && *p > 0.0)) {
+            return Err(Error::ModelConfig(format!(
+                "monovlm_abs_position_periods {:?}: every period must be a positive number",
+                vision.abs_position_periods
+            )));
+        }
         if let Some(act) = field(vis, "hidden_act").and_then(Value::as_str)
             && act != "silu"
         {
@@ -426,6 +472,9 @@ impl Qwen25VlConfig {
             "fullatt_block_indexes": v.fullatt_block_indexes,
             "initializer_range": v.initializer_range,
         });
+        if !v.abs_position_periods.is_empty() {
+            root["vision_config"]["monovlm_abs_position_periods"] = json!(v.abs_position_periods);
+        }
         root
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! Prints, after every evaluation, the image gain (answer loss with another image minus with the
 //! example's own, nats per answer token; zero for a model that ignores its image) and the 2D
-//! Acc@0.5 of greedy answers. docs/results.md (session 9) has the runs:
+//! Acc@0.5 of greedy answers. docs/results.md (sessions 9 to 11) has the runs:
 //!
 //! ```text
 //! cargo run --release -p monovlm-trainer --example reading_toy -- --steps 1200
@@ -13,12 +13,15 @@
 //! cargo run --release -p monovlm-trainer --example reading_toy -- --layout v2 --pointer 1
 //! cargo run --release -p monovlm-trainer --example reading_toy -- --objects 3 --easy-steps 800
 //! cargo run --release -p monovlm-trainer --example reading_toy -- --objects 3 --easy-objects 1 --easy-steps 800
+//! cargo run --release -p monovlm-trainer --example reading_toy -- --objects 3 --abs-position
 //! ```
 //!
 //! `--easy-steps N` first trains N steps on large boxes (60-130 px, 6-25% of the image), then on
 //! the small ones (`--box-min`..`--box-max`, default 20-60 px, 1-5%: the share of a described
 //! object in our driving scenes). `--easy-objects M` sets the boxes per image of that easy phase
 //! (default `--objects`): with 1 it is easy in both factors, large and with nothing to pick.
+//! `--abs-position` gives the image features an absolute position code (session 11: the lever
+//! that makes picking among several boxes start).
 
 use std::sync::Arc;
 
@@ -27,6 +30,7 @@ use clap::Parser;
 use monovlm_calib::kitti::KittiLabel;
 use monovlm_calib::synth::SplitMix64;
 use monovlm_calib::{Box2d, Intrinsics};
+use monovlm_runtime::model_config::DEFAULT_ABS_POSITION_PERIODS;
 use monovlm_runtime::preprocess::{PreprocessConfig, ResizedImage};
 use monovlm_runtime::protocol::{self, Answer, PromptLayout, Query, tokens};
 use monovlm_trainer::data::mono3drefer::{Record, SampleKey};
@@ -90,6 +94,9 @@ struct Args {
     /// libtorch threads.
     #[arg(long, default_value_t = 2)]
     threads: i32,
+    /// Add the absolute position code to the image features (`init --abs-position`).
+    #[arg(long)]
+    abs_position: bool,
 }
 
 /// One image with `objects` boxes of sides in `side_px`; the first colour drawn is the described
@@ -236,7 +243,10 @@ fn main() -> Result<()> {
     let tokenizer = tokenizer(layout)?;
     let ids = SpecialIds::of(&tokenizer)?;
     let vocab = i64::try_from(tokenizer.get_vocab_size(true)).context("vocabulary size")?;
-    let config = ModelSize::tiny().config(vocab, &ids);
+    let mut config = ModelSize::tiny().config(vocab, &ids);
+    if args.abs_position {
+        config.vision.abs_position_periods = DEFAULT_ABS_POSITION_PERIODS.to_vec();
+    }
     let mut model = Qwen25Vl::random(&config, Device::Cpu, Kind::Float, 7)?;
     if args.easy_steps > 0 {
         let easy = Phase {

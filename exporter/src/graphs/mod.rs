@@ -78,7 +78,8 @@ pub(crate) fn param(
     float_init(b, name, dims, &data, dtype)
 }
 
-fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+/// `data` `[rows, cols]` row-major -> `[cols, rows]` row-major.
+pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; data.len()];
     for r in 0..rows {
         for c in 0..cols {

@@ -14,6 +14,7 @@ use crate::checkpoint::Checkpoint;
 use crate::graphs::{Linear, Part, Precision, WeightFormat, param, positive};
 use crate::onnx::{DataType, Dim, GraphBuilder, Model, Value};
 use crate::{Error, Result};
+use monovlm_runtime::model_config::ABS_POSITION_WEIGHT;
 
 /// Input: flattened patches `[num_patches, 1176]` f32 (`preprocess::preprocess_image`).
 pub const PIXEL_VALUES: &str = "pixel_values";
@@ -311,7 +312,10 @@ pub fn build(ck: &Checkpoint, precision: Precision) -> Result<Model> {
     )?;
     let z = fc1.apply(&mut b, &merged)?;
     let z = b.op("Gelu", &[&z], vec![crate::onnx::attr::string("approximate", "none")]);
-    let z = fc2.apply(&mut b, &z)?;
+    let mut z = fc2.apply(&mut b, &z)?;
+    if !cfg.abs_position_periods.is_empty() {
+        z = abs_position(&mut b, ck, cfg, &pos, &z, dtype)?;
+    }
     // Back to pixel_values order: row window_index[i] of the output is row i of z.
     let idx = b.unsqueeze(&window_index, &[1]);
     let out = b.op_named("ScatterND", "", &[&z, &idx, &z], &[IMAGE_FEATURES], Vec::new())?;
@@ -320,6 +324,48 @@ pub fn build(ck: &Checkpoint, precision: Precision) -> Result<Model> {
     Ok(b.finish(
         "Qwen2.5-VL vision encoder exported by monovlm-export; inputs from monovlm_runtime::preprocess",
     ))
+}
+
+/// Our absolute position code (`VisionConfig::abs_position_periods`, reference
+/// `model_config::abs_position_code`) projected and added to the merger's output `z`
+/// `[merged, out_hidden]`, both in window order; `pos` `[patches, 2]` holds the patches' (row,
+/// column) in window order, so a merged token's position is its first patch's over the merge size.
+fn abs_position(
+    b: &mut GraphBuilder,
+    ck: &Checkpoint,
+    cfg: &monovlm_runtime::model_config::VisionConfig,
+    pos: &Value,
+    z: &Value,
+    dtype: DataType,
+) -> Result<Value> {
+    b.set_scope("/visual/merger/abs_position");
+    let unit = cfg.spatial_merge_size * cfg.spatial_merge_size;
+    let periods = &cfg.abs_position_periods;
+    let n = periods.len();
+    let code_len = 4 * n as i64;
+    let grouped = b.reshape(pos, &[-1, unit, 2]);
+    let first = b.const_i64(0);
+    let first = b.gather(&grouped, &first, 1); // [merged, 2]
+    let first = b.cast(&first, DataType::Float);
+    // [2, 2n]: row -> the first n angles, column -> the last n, each over the merge size.
+    let mut omega = vec![0.0f32; 2 * 2 * n];
+    for (i, p) in periods.iter().enumerate() {
+        let w = (2.0 * std::f64::consts::PI / p / cfg.spatial_merge_size as f64) as f32;
+        omega[i] = w;
+        omega[2 * n + n + i] = w;
+    }
+    let omega = b.const_floats(&[2, 2 * n as i64], &omega, DataType::Float)?;
+    let angles = b.matmul(&first, &omega);
+    let sin = b.unary("Sin", &angles);
+    let cos = b.unary("Cos", &angles);
+    let code = b.concat(&[&sin, &cos], -1); // [merged, 4n]
+    let code = b.cast_if(&code, DataType::Float, dtype);
+    let out_dim = cfg.out_hidden_size;
+    let w = ck.tensor_f32(ABS_POSITION_WEIGHT, &[out_dim, code_len])?;
+    let w_t = crate::graphs::transpose(&w, out_dim as usize, code_len as usize);
+    let w_t = crate::graphs::float_init(b, ABS_POSITION_WEIGHT, &[code_len, out_dim], &w_t, dtype)?;
+    let shift = b.matmul(&code, &w_t);
+    Ok(b.add(z, &shift))
 }
 
 #[cfg(test)]

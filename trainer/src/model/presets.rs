@@ -141,6 +141,7 @@ impl ModelSize {
                 out_hidden_size: self.hidden,
                 initializer_range: 0.02,
                 tokens_per_second: 2,
+                abs_position_periods: Vec::new(),
             },
             image_token_id: ids.image_pad,
             video_token_id: ids.video_pad,

@@ -1,5 +1,7 @@
 //! The vision tower (transformers' `Qwen2_5_VisionTransformerPretrainedModel`): patch embedding,
-//! 2D rotary positions, blocks attending within windows or over whole images, and the 2x2 merger.
+//! 2D rotary positions, blocks attending within windows or over whole images, and the 2x2 merger;
+//! with our optional absolute position code on the merger's output
+//! (`VisionConfig::abs_position_periods`).
 //!
 //! Index tensors (patch positions, window order, segment boundaries) come from
 //! `monovlm_runtime::preprocess`, the one implementation the exported ONNX graph is fed from too.
@@ -10,7 +12,7 @@ use tch::{Device, Kind, Tensor};
 use super::layers::{Linear, RmsNorm, apply_rotary, segment_attention};
 use super::weights::{Builder, Init};
 use crate::{Error, Result};
-use monovlm_runtime::model_config::VisionConfig;
+use monovlm_runtime::model_config::{ABS_POSITION_WEIGHT, VisionConfig};
 
 const VISION_NORM_EPS: f64 = 1e-6;
 const VISION_ROPE_THETA: f64 = 10_000.0;
@@ -37,6 +39,11 @@ pub struct VisionTower {
     merger_fc1: Linear,
     merger_fc2: Linear,
     inv_freq: Tensor,
+    /// `[out_hidden, 4 * periods]`: projection of the absolute position code, when the config has
+    /// one (`VisionConfig::abs_position_periods`); `None` in Qwen2.5-VL's layout.
+    pos_proj: Option<Tensor>,
+    /// `2 pi / period` of each of the code's periods `[periods]`.
+    pos_omega: Tensor,
 }
 
 /// Index tensors of one vision forward.
@@ -84,7 +91,26 @@ impl VisionTower {
             .map(|i| 1.0 / VISION_ROPE_THETA.powf((2 * i) as f64 / spatial as f64) as f32)
             .collect();
         let inv_freq = Tensor::from_slice(&inv_freq).to_device(b.device);
-        Ok(Self { cfg: cfg.clone(), patch_embed, blocks, merger_norm, merger_fc1, merger_fc2, inv_freq })
+        let periods = &cfg.abs_position_periods;
+        let pos_proj = if periods.is_empty() {
+            None
+        } else {
+            let code_len = 4 * periods.len() as i64;
+            Some(b.weight(ABS_POSITION_WEIGHT, &[cfg.out_hidden_size, code_len], Init::Normal(std))?)
+        };
+        let omega: Vec<f32> = periods.iter().map(|p| (2.0 * std::f64::consts::PI / p) as f32).collect();
+        let pos_omega = Tensor::from_slice(&omega).to_device(b.device);
+        Ok(Self {
+            cfg: cfg.clone(),
+            patch_embed,
+            blocks,
+            merger_norm,
+            merger_fc1,
+            merger_fc2,
+            inv_freq,
+            pos_proj,
+            pos_omega,
+        })
     }
 
     /// Linear layers, for LoRA and weight merging.
@@ -166,7 +192,15 @@ impl VisionTower {
             x = &x + blk.down.forward(&(blk.gate.forward(&y).silu() * blk.up.forward(&y)));
         }
         let merged = self.merger_norm.forward(&x).reshape([n / unit, unit * h]);
-        let out = self.merger_fc2.forward(&self.merger_fc1.forward(&merged).gelu("none"));
+        let mut out = self.merger_fc2.forward(&self.merger_fc1.forward(&merged).gelu("none"));
+        if let Some(w) = &self.pos_proj {
+            // A merged token's (row, column): its first (top-left) patch's, over the merge size.
+            let merged_pos = idx.positions.reshape([n / unit, unit, 2]).select(1, 0).to_kind(Kind::Float)
+                / cfg.spatial_merge_size as f64;
+            let angles = (merged_pos.unsqueeze(-1) * &self.pos_omega).reshape([n / unit, -1]); // rows, cols
+            let code = Tensor::cat(&[angles.sin(), angles.cos()], -1).to_kind(out.kind());
+            out = out + code.matmul(&w.tr());
+        }
         Ok(out.index_select(0, &idx.reverse_index))
     }
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use monovlm_runtime::model_config::DEFAULT_ABS_POSITION_PERIODS;
 use monovlm_runtime::preprocess::PreprocessConfig;
 use monovlm_runtime::protocol::PromptLayout;
 use monovlm_trainer::checkpoint::{self, MonovlmMeta, SaveOptions, StageRecord};
@@ -38,6 +39,11 @@ pub struct InitArgs {
     /// Largest resized image area, pixels (the image token count grows with it).
     #[arg(long, default_value_t = 448 * 140)]
     max_pixels: usize,
+    /// Add an absolute position code to the image features (a learned projection of each merged
+    /// token's sinusoidal (row, column) code; not in Qwen2.5-VL). With it a from-scratch model
+    /// learns to pick the described object among several far sooner (docs/results.md, session 11).
+    #[arg(long)]
+    abs_position: bool,
     /// Output checkpoint directory.
     #[arg(long)]
     out: PathBuf,
@@ -204,7 +210,11 @@ pub struct BenchArgs {
 pub fn init(args: &InitArgs) -> Result<()> {
     let tok = tokenizer::load(&args.tokenizer)?;
     let ids = SpecialIds::of(&tok)?;
-    let config = ModelSize::preset(&args.preset)?.config(i64::from(tok.get_vocab_size(true) as u32), &ids);
+    let mut config =
+        ModelSize::preset(&args.preset)?.config(i64::from(tok.get_vocab_size(true) as u32), &ids);
+    if args.abs_position {
+        config.vision.abs_position_periods = DEFAULT_ABS_POSITION_PERIODS.to_vec();
+    }
     let mut model = Qwen25Vl::random(&config, tch::Device::Cpu, tch::Kind::Float, args.seed)?;
     let pre = PreprocessConfig {
         min_pixels: args.min_pixels,
