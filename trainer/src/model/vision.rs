@@ -192,15 +192,18 @@ impl VisionTower {
             x = &x + blk.down.forward(&(blk.gate.forward(&y).silu() * blk.up.forward(&y)));
         }
         let merged = self.merger_norm.forward(&x).reshape([n / unit, unit * h]);
-        let mut out = self.merger_fc2.forward(&self.merger_fc1.forward(&merged).gelu("none"));
-        if let Some(w) = &self.pos_proj {
-            // A merged token's (row, column): its first (top-left) patch's, over the merge size.
-            let merged_pos = idx.positions.reshape([n / unit, unit, 2]).select(1, 0).to_kind(Kind::Float)
-                / cfg.spatial_merge_size as f64;
-            let angles = (merged_pos.unsqueeze(-1) * &self.pos_omega).reshape([n / unit, -1]); // rows, cols
-            let code = Tensor::cat(&[angles.sin(), angles.cos()], -1).to_kind(out.kind());
-            out = out + code.matmul(&w.tr());
-        }
+        let out = self.merger_fc2.forward(&self.merger_fc1.forward(&merged).gelu("none"));
+        let out = match &self.pos_proj {
+            None => out,
+            Some(w) => {
+                // A merged token's (row, column): its first (top-left) patch's, over the merge size.
+                let merged_pos = idx.positions.reshape([n / unit, unit, 2]).select(1, 0).to_kind(Kind::Float)
+                    / cfg.spatial_merge_size as f64;
+                let angles = (merged_pos.unsqueeze(-1) * &self.pos_omega).reshape([n / unit, -1]); // rows, cols
+                let code = Tensor::cat(&[angles.sin(), angles.cos()], -1).to_kind(out.kind());
+                out + code.matmul(&w.tr())
+            }
+        };
         Ok(out.index_select(0, &idx.reverse_index))
     }
 }
