@@ -91,15 +91,18 @@ pub const ABS_POSITION_WEIGHT: &str = "visual.merger.pos_proj.weight";
 /// pixels a side (far more than our presets' inputs) has its own.
 pub const DEFAULT_ABS_POSITION_PERIODS: [f64; 6] = [4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
+/// `2 pi / period` of each period (radians per merged token): the code's angular frequencies.
+pub fn abs_position_frequencies(periods: &[f64]) -> Vec<f64> {
+    periods.iter().map(|p| 2.0 * std::f64::consts::PI / p).collect()
+}
+
 /// The absolute position code of one merged token at `(row, column)` of its image's merged grid:
 /// `[sin(row w_1) .. sin(row w_n), sin(col w_1) .. sin(col w_n), cos(row w_1) .. cos(col w_n)]`
 /// with `w_i = 2 pi / periods[i]`. The reference the trainer's and the exported graph's code are
 /// tested against.
 pub fn abs_position_code(row: f64, col: f64, periods: &[f64]) -> Vec<f64> {
-    let angles: Vec<f64> = [row, col]
-        .iter()
-        .flat_map(|&x| periods.iter().map(move |p| x * 2.0 * std::f64::consts::PI / p))
-        .collect();
+    let omega = abs_position_frequencies(periods);
+    let angles: Vec<f64> = [row, col].iter().flat_map(|&x| omega.iter().map(move |w| x * w)).collect();
     angles.iter().map(|a| a.sin()).chain(angles.iter().map(|a| a.cos())).collect()
 }
 
@@ -166,20 +169,21 @@ fn float_or(obj: &Value, key: &str, default: f64, what: &str) -> Result<f64> {
     }
 }
 
-fn float_list(v: &Value, what: &str) -> Result<Vec<f64>> {
+/// A JSON list whose every item `item` reads (`kind` names what it expects, for the error).
+fn list<T>(v: &Value, what: &str, kind: &str, item: impl Fn(&Value) -> Option<T>) -> Result<Vec<T>> {
     v.as_array()
         .ok_or_else(|| Error::ModelConfig(format!("{what} is not a list")))?
         .iter()
-        .map(|x| x.as_f64().ok_or_else(|| Error::ModelConfig(format!("{what} holds a non-number"))))
+        .map(|x| item(x).ok_or_else(|| Error::ModelConfig(format!("{what} holds a non-{kind}"))))
         .collect()
 }
 
+fn float_list(v: &Value, what: &str) -> Result<Vec<f64>> {
+    list(v, what, "number", Value::as_f64)
+}
+
 fn int_list(v: &Value, what: &str) -> Result<Vec<i64>> {
-    v.as_array()
-        .ok_or_else(|| Error::ModelConfig(format!("{what} is not a list")))?
-        .iter()
-        .map(|x| x.as_i64().ok_or_else(|| Error::ModelConfig(format!("{what} holds a non-integer"))))
-        .collect()
+    list(v, what, "integer", Value::as_i64)
 }
 
 /// `eos_token_id` may be one id or a list.

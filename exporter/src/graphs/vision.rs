@@ -14,7 +14,7 @@ use crate::checkpoint::Checkpoint;
 use crate::graphs::{Linear, Part, Precision, WeightFormat, param, positive};
 use crate::onnx::{DataType, Dim, GraphBuilder, Model, Value};
 use crate::{Error, Result};
-use monovlm_runtime::model_config::ABS_POSITION_WEIGHT;
+use monovlm_runtime::model_config::{ABS_POSITION_WEIGHT, VisionConfig, abs_position_frequencies};
 
 /// Input: flattened patches `[num_patches, 1176]` f32 (`preprocess::preprocess_image`).
 pub const PIXEL_VALUES: &str = "pixel_values";
@@ -157,16 +157,7 @@ pub fn build(ck: &Checkpoint, precision: Precision) -> Result<Model> {
         "visual.patch_embed.proj.weight",
         &[h, 3, cfg.temporal_patch_size, cfg.patch_size, cfg.patch_size],
     )?;
-    let wpe: Vec<f32> = {
-        let (rows, cols) = (h as usize, patch_dim as usize);
-        let mut t = vec![0.0f32; conv.len()];
-        for r in 0..rows {
-            for c in 0..cols {
-                t[c * rows + r] = conv[r * cols + c];
-            }
-        }
-        t
-    };
+    let wpe = crate::graphs::transpose(&conv, h as usize, patch_dim as usize);
     let wpe =
         crate::graphs::float_init(&mut b, "visual.patch_embed.proj.weight", &[patch_dim, h], &wpe, dtype)?;
     let px = b.cast_if(&pixel_values, DataType::Float, dtype);
@@ -333,7 +324,7 @@ pub fn build(ck: &Checkpoint, precision: Precision) -> Result<Model> {
 fn abs_position(
     b: &mut GraphBuilder,
     ck: &Checkpoint,
-    cfg: &monovlm_runtime::model_config::VisionConfig,
+    cfg: &VisionConfig,
     pos: &Value,
     z: &Value,
     dtype: DataType,
@@ -349,8 +340,8 @@ fn abs_position(
     let first = b.cast(&first, DataType::Float);
     // [2, 2n]: row -> the first n angles, column -> the last n, each over the merge size.
     let mut omega = vec![0.0f32; 2 * 2 * n];
-    for (i, p) in periods.iter().enumerate() {
-        let w = (2.0 * std::f64::consts::PI / p / cfg.spatial_merge_size as f64) as f32;
+    for (i, w) in abs_position_frequencies(periods).iter().enumerate() {
+        let w = (w / cfg.spatial_merge_size as f64) as f32;
         omega[i] = w;
         omega[2 * n + n + i] = w;
     }

@@ -12,7 +12,7 @@ use tch::{Device, Kind, Tensor};
 use super::layers::{Linear, RmsNorm, apply_rotary, segment_attention};
 use super::weights::{Builder, Init};
 use crate::{Error, Result};
-use monovlm_runtime::model_config::{ABS_POSITION_WEIGHT, VisionConfig};
+use monovlm_runtime::model_config::{ABS_POSITION_WEIGHT, VisionConfig, abs_position_frequencies};
 
 const VISION_NORM_EPS: f64 = 1e-6;
 const VISION_ROPE_THETA: f64 = 10_000.0;
@@ -39,11 +39,18 @@ pub struct VisionTower {
     merger_fc1: Linear,
     merger_fc2: Linear,
     inv_freq: Tensor,
-    /// `[out_hidden, 4 * periods]`: projection of the absolute position code, when the config has
-    /// one (`VisionConfig::abs_position_periods`); `None` in Qwen2.5-VL's layout.
-    pos_proj: Option<Tensor>,
-    /// `2 pi / period` of each of the code's periods `[periods]`.
-    pos_omega: Tensor,
+    /// The absolute position code, when the config has one (`VisionConfig::abs_position_periods`);
+    /// `None` in Qwen2.5-VL's layout.
+    abs_position: Option<AbsPosition>,
+}
+
+/// Our absolute position code's parameters.
+#[derive(Debug)]
+struct AbsPosition {
+    /// `[out_hidden, 4 * periods]`: the learned projection.
+    proj: Tensor,
+    /// `[periods]`: angular frequency of each period, radians per merged token.
+    omega: Tensor,
 }
 
 /// Index tensors of one vision forward.
@@ -92,14 +99,14 @@ impl VisionTower {
             .collect();
         let inv_freq = Tensor::from_slice(&inv_freq).to_device(b.device);
         let periods = &cfg.abs_position_periods;
-        let pos_proj = if periods.is_empty() {
+        let abs_position = if periods.is_empty() {
             None
         } else {
             let code_len = 4 * periods.len() as i64;
-            Some(b.weight(ABS_POSITION_WEIGHT, &[cfg.out_hidden_size, code_len], Init::Normal(std))?)
+            let proj = b.weight(ABS_POSITION_WEIGHT, &[cfg.out_hidden_size, code_len], Init::Normal(std))?;
+            let omega: Vec<f32> = abs_position_frequencies(periods).iter().map(|&w| w as f32).collect();
+            Some(AbsPosition { proj, omega: Tensor::from_slice(&omega).to_device(b.device) })
         };
-        let omega: Vec<f32> = periods.iter().map(|p| (2.0 * std::f64::consts::PI / p) as f32).collect();
-        let pos_omega = Tensor::from_slice(&omega).to_device(b.device);
         Ok(Self {
             cfg: cfg.clone(),
             patch_embed,
@@ -108,8 +115,7 @@ impl VisionTower {
             merger_fc1,
             merger_fc2,
             inv_freq,
-            pos_proj,
-            pos_omega,
+            abs_position,
         })
     }
 
@@ -193,15 +199,15 @@ impl VisionTower {
         }
         let merged = self.merger_norm.forward(&x).reshape([n / unit, unit * h]);
         let out = self.merger_fc2.forward(&self.merger_fc1.forward(&merged).gelu("none"));
-        let out = match &self.pos_proj {
+        let out = match &self.abs_position {
             None => out,
-            Some(w) => {
+            Some(code) => {
                 // A merged token's (row, column): its first (top-left) patch's, over the merge size.
                 let merged_pos = idx.positions.reshape([n / unit, unit, 2]).select(1, 0).to_kind(Kind::Float)
                     / cfg.spatial_merge_size as f64;
-                let angles = (merged_pos.unsqueeze(-1) * &self.pos_omega).reshape([n / unit, -1]); // rows, cols
-                let code = Tensor::cat(&[angles.sin(), angles.cos()], -1).to_kind(out.kind());
-                out + code.matmul(&w.tr())
+                let angles = (merged_pos.unsqueeze(-1) * &code.omega).reshape([n / unit, -1]); // rows, cols
+                let values = Tensor::cat(&[angles.sin(), angles.cos()], -1).to_kind(out.kind());
+                out + values.matmul(&code.proj.tr())
             }
         };
         Ok(out.index_select(0, &idx.reverse_index))
