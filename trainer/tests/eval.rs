@@ -14,7 +14,7 @@ use monovlm_trainer::data::mono3drefer::{
 use monovlm_trainer::eval::categories::{
     CategorySource, Difficulty, DistanceBand, Uniqueness, kitti_difficulty,
 };
-use monovlm_trainer::eval::metrics::{Outcome, accuracy_stats};
+use monovlm_trainer::eval::metrics::{Landing, Outcome, accuracy_stats};
 use monovlm_trainer::eval::predictions::{PredictionLine, PredictionSet, write_prediction_lines};
 use monovlm_trainer::eval::report::{Evaluation, write_outputs};
 use monovlm_trainer::eval::{baseline, evaluate};
@@ -107,6 +107,35 @@ fn half_a_length_off_is_one_third_counted_at_025_not_at_05() {
     assert_eq!(e.samples, 1);
     assert!((e.mean_abs_centre_err_m[0] - (0.5 * g.l * g.yaw.cos()).abs()).abs() < 1e-12);
     assert!((e.mean_abs_centre_err_m[2] - (0.5 * g.l * g.yaw.sin()).abs()).abs() < 1e-12);
+}
+
+#[test]
+fn a_box_on_another_object_is_a_wrong_pick_and_one_on_nothing_a_poor_box() {
+    let ds = fixture();
+    let recs = ds.records(Split::Test);
+    let find =
+        |id: u64, ann: u64| recs.iter().find(|r| r.key() == SampleKey { instance_id: id, ann_id: ann });
+    let (own, second, other, missing) =
+        (find(4567, 0).unwrap(), find(4567, 1).unwrap(), find(4568, 0).unwrap(), find(4569, 0).unwrap());
+    assert!(recs.iter().all(|r| r.image == own.image), "the fixture's test objects share one image");
+    let sky = Box2d::new(1000.0, 0.0, 1100.0, 40.0).unwrap();
+    assert!([own, other, missing].iter().all(|r| monovlm_calib::iou_2d(&sky, &r.label.bbox) == 0.0));
+    let lines = [
+        PredictionLine::new(own.key(), &own.box3d, Some(&own.label.bbox)),
+        PredictionLine::new(second.key(), &own.box3d, Some(&other.label.bbox)),
+        PredictionLine::new(other.key(), &other.box3d, Some(&sky)),
+    ];
+    let ev = score(&ds, &jsonl(&lines));
+    let landing = |r: &Record| ev.samples.iter().find(|s| s.key == r.key()).unwrap().landing;
+    assert_eq!(landing(own), Some(Landing::Target));
+    assert_eq!(landing(second), Some(Landing::OtherObject));
+    assert_eq!(landing(other), Some(Landing::NoObject));
+    assert_eq!(landing(missing), None);
+    let l = ev.report.breakdown("Overall").unwrap().landing.unwrap();
+    assert_eq!((l.target_pct, l.other_object_pct, l.no_object_pct), (25.0, 25.0, 25.0));
+    assert_eq!(l.target_pct, ev.report.breakdown("Overall").unwrap().iou_2d.unwrap().acc_at_050_pct);
+    let md = ev.report.to_markdown();
+    assert!(md.contains("| on another object | on no object |"), "{md}");
 }
 
 #[test]

@@ -25,6 +25,9 @@ pub struct MethodMetrics {
     pub breakdowns: Vec<Option<BreakdownNumbers>>,
     /// Mean `|dz|` over predicted samples (Overall), metres.
     pub mean_abs_depth_err_m: Option<f64>,
+    /// Percent of the samples whose 2D box lands on another object (Overall; `None` in reports
+    /// from before the evaluator measured it).
+    pub other_object_pct: Option<f64>,
 }
 
 /// The metrics of one breakdown.
@@ -77,36 +80,42 @@ pub fn read_method(name: &str, report_json: &Path) -> Result<MethodMetrics> {
         .and_then(|e| e.get("mean_abs_centre_err_m"))
         .and_then(|c| c.get(2))
         .and_then(Value::as_f64);
+    let other_object_pct = find("Overall").and_then(|b| num(b, ["landing", "other_object_pct"]));
     Ok(MethodMetrics {
         name: name.to_owned(),
         samples: count("samples")?,
         format_failures: count("format_failures")?,
         breakdowns,
         mean_abs_depth_err_m,
+        other_object_pct,
     })
 }
 
 /// The Markdown of the comparison: Overall metrics per method, then Acc@0.25 per breakdown.
 pub fn markdown(methods: &[MethodMetrics]) -> String {
     let mut md = String::from(
-        "| method | samples | 3D Acc@0.25 % | 3D Acc@0.5 % | mIoU | 2D Acc@0.5 % | format % | mean abs dz (m) |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| method | samples | 3D Acc@0.25 % | 3D Acc@0.5 % | mIoU | 2D Acc@0.5 % | 2D on another object % | format % | mean abs dz (m) |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for m in methods {
         let overall = m.breakdowns.first().copied().flatten();
         let format_pct = 100.0 * (1.0 - m.format_failures as f64 / m.samples.max(1) as f64);
         let dz = m.mean_abs_depth_err_m.map_or("-".to_owned(), |d| format!("{d:.2}"));
+        let other = m.other_object_pct.map_or("-".to_owned(), |p| format!("{p:.1}"));
         match overall {
             Some(o) => {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {:.1} | {:.1} | {:.3} | {:.1} | {format_pct:.1} | {dz} |",
+                    "| {} | {} | {:.1} | {:.1} | {:.3} | {:.1} | {other} | {format_pct:.1} | {dz} |",
                     m.name, m.samples, o.acc_025_pct, o.acc_050_pct, o.miou, o.acc2d_050_pct
                 );
             }
             None => {
-                let _ =
-                    writeln!(md, "| {} | {} | - | - | - | - | {format_pct:.1} | {dz} |", m.name, m.samples);
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | - | - | - | - | {other} | {format_pct:.1} | {dz} |",
+                    m.name, m.samples
+                );
             }
         }
     }
@@ -201,14 +210,20 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn report(acc: f64, miou: f64) -> String {
+    /// A report; `other_pct` is the landing on other objects (absent in older reports).
+    fn report(acc: f64, miou: f64, other_pct: Option<f64>) -> String {
         let b = |name: &str, n: u64| {
-            serde_json::json!({
+            let mut v = serde_json::json!({
                 "name": name, "samples": n,
                 "iou_3d": {"acc_at_025_pct": acc, "acc_at_050_pct": acc / 2.0, "miou": miou},
                 "iou_2d": {"acc_at_025_pct": 90.0, "acc_at_050_pct": 80.0, "miou": 0.7},
                 "errors": {"mean_abs_centre_err_m": [0.5, 0.2, 3.25]}
-            })
+            });
+            if let Some(p) = other_pct {
+                v["landing"] =
+                    serde_json::json!({"target_pct": 80.0, "other_object_pct": p, "no_object_pct": 20.0 - p});
+            }
+            v
         };
         serde_json::json!({
             "samples": 10, "format_failures": 1,
@@ -222,13 +237,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.json");
         let b = dir.path().join("b.json");
-        std::fs::write(&a, report(40.0, 0.3)).unwrap();
-        std::fs::write(&b, report(12.5, 0.1)).unwrap();
+        std::fs::write(&a, report(40.0, 0.3, Some(7.5))).unwrap();
+        std::fs::write(&b, report(12.5, 0.1, None)).unwrap();
         let methods = vec![read_method("ours", &a).unwrap(), read_method("baseline", &b).unwrap()];
         assert_eq!(methods[0].breakdowns.len(), BREAKDOWNS.len());
         assert_eq!(methods[0].mean_abs_depth_err_m, Some(3.25));
         let md = markdown(&methods);
-        assert!(md.contains("| ours | 10 | 40.0 | 20.0 | 0.300 | 80.0 | 90.0 | 3.25 |"), "{md}");
+        assert!(md.contains("| ours | 10 | 40.0 | 20.0 | 0.300 | 80.0 | 7.5 | 90.0 | 3.25 |"), "{md}");
+        assert!(md.contains("| baseline | 10 | 12.5 | 6.2 | 0.100 | 80.0 | - | 90.0 | 3.25 |"), "{md}");
         assert!(md.contains("| baseline | 12.5 (10) |"), "{md}");
         let files = write_outputs(&methods, "test", &dir.path().join("out")).unwrap();
         assert!(std::fs::metadata(&files.overall_plot).unwrap().len() > 1000);

@@ -1,12 +1,15 @@
 //! Per-sample IoUs and the aggregate metrics: Acc@0.25, Acc@0.5 (strictly greater than, as the
 //! reference evaluator's `iou > 0.5`), mIoU (plain mean), with the exact rotated 3D IoU
 //! ([`iou_3d`]) and the Mono3DVG-compatible one ([`iou3d_mono3dvg`]); 2D Acc@0.5; mean absolute
-//! centre, size and yaw errors.
+//! centre, size and yaw errors; where the predicted 2D boxes land ([`Landing`]: on the described
+//! object, on another object of the image, on none), which tells wrong picks from poor boxes.
+
+use std::collections::HashMap;
 
 use monovlm_calib::{Box2d, Box3d, iou_2d, iou_3d, iou3d_mono3dvg, wrap_angle};
 use serde::Serialize;
 
-use crate::data::mono3drefer::SampleKey;
+use crate::data::mono3drefer::{Record, SampleKey};
 use crate::eval::categories::Categories;
 use crate::eval::predictions::Predicted;
 
@@ -28,6 +31,64 @@ pub enum Outcome {
         /// Why.
         reason: String,
     },
+}
+
+/// Where a predicted 2D box lands, at 2D IoU strictly greater than [`IOU_THRESHOLD_HIGH`].
+///
+/// The described object takes precedence: a box that overlaps it and another object by more
+/// than the threshold is [`Landing::Target`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Landing {
+    /// On the described object (the sample counts for 2D Acc@0.5).
+    Target,
+    /// On another annotated object of the same image: a wrong pick.
+    OtherObject,
+    /// On no annotated object: a poor box (or one on an object nobody described).
+    NoObject,
+}
+
+/// The 2D boxes of the objects of each image, keyed by image name: the candidates a predicted
+/// box can land on. Built from `records` (every description of an object carries its label),
+/// one box per `instanceID`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ImageObjects {
+    by_image: HashMap<String, Vec<(u64, Box2d)>>,
+}
+
+impl ImageObjects {
+    /// The objects of `records`' images.
+    pub fn from_records<'a>(records: impl IntoIterator<Item = &'a Record>) -> Self {
+        let mut by_image: HashMap<String, Vec<(u64, Box2d)>> = HashMap::new();
+        for r in records {
+            let objects = by_image.entry(r.image.clone()).or_default();
+            if !objects.iter().any(|(id, _)| *id == r.instance_id) {
+                objects.push((r.instance_id, r.label.bbox));
+            }
+        }
+        Self { by_image }
+    }
+
+    /// The 2D boxes of `image`'s objects other than `instance_id` (empty for an unknown image).
+    pub fn others<'a>(&'a self, image: &str, instance_id: u64) -> impl Iterator<Item = &'a Box2d> + 'a {
+        self.by_image
+            .get(image)
+            .into_iter()
+            .flatten()
+            .filter(move |(id, _)| *id != instance_id)
+            .map(|(_, b)| b)
+    }
+}
+
+/// Where `pred` lands, given its IoU with the described object and the other objects' boxes.
+fn landing_of<'a>(pred: &Box2d, iou_target: f64, others: impl IntoIterator<Item = &'a Box2d>) -> Landing {
+    if iou_target > IOU_THRESHOLD_HIGH {
+        Landing::Target
+    } else if others.into_iter().any(|o| iou_2d(pred, o) > IOU_THRESHOLD_HIGH) {
+        Landing::OtherObject
+    } else {
+        Landing::NoObject
+    }
 }
 
 /// One scored sample.
@@ -57,19 +118,20 @@ pub struct SampleResult {
     pub iou_3d_mono3dvg: f64,
     /// 2D IoU (0 without a predicted 2D box).
     pub iou_2d: f64,
+    /// Where the predicted 2D box lands (`None` without one).
+    pub landing: Option<Landing>,
 }
 
 impl SampleResult {
-    /// Scores one sample; `None` prediction means missing.
+    /// Scores the sample of `record`; `None` prediction means missing. `objects` holds the
+    /// image's annotated objects, for [`SampleResult::landing`].
     pub fn score(
-        key: SampleKey,
-        image: &str,
-        object_name: &str,
+        record: &Record,
         categories: Categories,
-        gt_box3d: Box3d,
-        gt_box2d: Box2d,
+        objects: &ImageObjects,
         prediction: Option<&Predicted>,
     ) -> Self {
+        let (gt_box3d, gt_box2d) = (record.box3d, record.label.bbox);
         let (outcome, pred_box3d, pred_box2d) = match prediction {
             None => (Outcome::Missing, None, None),
             Some(Predicted::FormatFailure { reason }) => {
@@ -78,10 +140,13 @@ impl SampleResult {
             Some(Predicted::Boxes { bbox_3d, bbox_2d }) => (Outcome::Predicted, Some(*bbox_3d), *bbox_2d),
         };
         let iou3 = |f: fn(&Box3d, &Box3d) -> f64| pred_box3d.map_or(0.0, |p| f(&p, &gt_box3d));
+        let iou2 = pred_box2d.map_or(0.0, |p| iou_2d(&p, &gt_box2d));
+        let landing =
+            pred_box2d.map(|p| landing_of(&p, iou2, objects.others(&record.image, record.instance_id)));
         Self {
-            key,
-            image: image.to_owned(),
-            object_name: object_name.to_owned(),
+            key: record.key(),
+            image: record.image.clone(),
+            object_name: record.object_name.clone(),
             categories,
             outcome,
             gt_box3d,
@@ -90,7 +155,8 @@ impl SampleResult {
             pred_box2d,
             iou_3d: iou3(iou_3d),
             iou_3d_mono3dvg: iou3(iou3d_mono3dvg),
-            iou_2d: pred_box2d.map_or(0.0, |p| iou_2d(&p, &gt_box2d)),
+            iou_2d: iou2,
+            landing,
         }
     }
 }
@@ -175,6 +241,32 @@ pub fn error_stats<'a>(samples: impl IntoIterator<Item = &'a SampleResult>) -> O
     })
 }
 
+/// Where the predicted 2D boxes land, in percent of all the samples (those without a 2D box
+/// count in none of the three, so the three sum to at most 100).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct LandingStats {
+    /// On the described object: equals 2D Acc@0.5.
+    pub target_pct: f64,
+    /// On another annotated object of the image: wrong picks.
+    pub other_object_pct: f64,
+    /// On no annotated object: poor boxes.
+    pub no_object_pct: f64,
+}
+
+/// The landing percentages of `samples`; `None` for an empty set.
+pub fn landing_stats(samples: &[&SampleResult]) -> Option<LandingStats> {
+    if samples.is_empty() {
+        return None;
+    }
+    let n = samples.len() as f64;
+    let pct = |l: Landing| 100.0 * samples.iter().filter(|s| s.landing == Some(l)).count() as f64 / n;
+    Some(LandingStats {
+        target_pct: pct(Landing::Target),
+        other_object_pct: pct(Landing::OtherObject),
+        no_object_pct: pct(Landing::NoObject),
+    })
+}
+
 /// The metrics of one breakdown (Overall, Unique, Near, ...).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CategoryMetrics {
@@ -190,6 +282,8 @@ pub struct CategoryMetrics {
     pub iou_3d_mono3dvg: Option<AccuracyStats>,
     /// With the 2D IoU.
     pub iou_2d: Option<AccuracyStats>,
+    /// Where the predicted 2D boxes land.
+    pub landing: Option<LandingStats>,
     /// Centre, size and yaw errors of the predicted boxes.
     pub errors: Option<ErrorStats>,
 }
@@ -206,6 +300,7 @@ impl CategoryMetrics {
             iou_3d: accuracy_stats(&ious(|s| s.iou_3d)),
             iou_3d_mono3dvg: accuracy_stats(&ious(|s| s.iou_3d_mono3dvg)),
             iou_2d: accuracy_stats(&ious(|s| s.iou_2d)),
+            landing: landing_stats(&samples),
             errors: error_stats(samples.iter().copied()),
         }
     }

@@ -4,7 +4,8 @@
 //!   the Mono3DVG-compatible one (`monovlm_calib::iou3d_mono3dvg`, for published numbers) and the
 //!   2D IoU. A missing or unparsable prediction scores 0 and is counted.
 //! - Per breakdown ([`metrics::CategoryMetrics`]): Acc@0.25 and Acc@0.5 (strictly greater than),
-//!   mIoU (plain mean) with both 3D IoUs; 2D Acc@0.5; mean `|dx|`, `|dy|`, `|dz|`, size and yaw
+//!   mIoU (plain mean) with both 3D IoUs; 2D Acc@0.5; where the 2D boxes land (on the described
+//!   object, another described object of the image, none); mean `|dx|`, `|dy|`, `|dz|`, size and yaw
 //!   errors. Breakdowns: Overall, Unique/Multiple, Near/Medium/Far, Easy/Moderate/Hard
 //!   ([`categories`]).
 //! - Input: a JSON-lines predictions file ([`predictions`]); output: JSON, Markdown, per-sample
@@ -26,7 +27,7 @@ use std::collections::BTreeSet;
 
 use crate::data::mono3drefer::{Dataset, SampleKey, Split};
 use crate::error::{Error, Result};
-use metrics::{Outcome, SampleResult, breakdown_metrics};
+use metrics::{ImageObjects, Outcome, SampleResult, breakdown_metrics};
 use predictions::PredictionSet;
 use report::{EvalReport, Evaluation, MAX_LISTED_KEYS};
 
@@ -54,17 +55,10 @@ pub fn evaluate(
     let instance_split = if split == Split::Test { dataset.instance_split() } else { None };
     let (categories, category_sources) =
         categories::categorize(records, dataset.all_records(), instance_split);
+    let objects = ImageObjects::from_records(dataset.all_records());
     let mut samples = Vec::with_capacity(records.len());
     for (record, cats) in records.iter().zip(categories) {
-        samples.push(SampleResult::score(
-            record.key(),
-            &record.image,
-            &record.object_name,
-            cats,
-            record.box3d,
-            record.label.bbox,
-            predictions.by_key.get(&record.key()),
-        ));
+        samples.push(SampleResult::score(record, cats, &objects, predictions.by_key.get(&record.key())));
         on_sample();
     }
     let keys: BTreeSet<SampleKey> = records.iter().map(|r| r.key()).collect();

@@ -129,18 +129,23 @@ impl EvalReport {
         let _ = writeln!(md, "## 2D grounding and errors of the predicted boxes\n");
         let _ = writeln!(
             md,
-            "| breakdown | n | 2D Acc@0.5 | 2D mIoU | predicted | mean abs dx (m) | dy (m) | dz (m) | size (m) | yaw (deg) |"
+            "| breakdown | n | 2D Acc@0.5 | 2D mIoU | on another object | on no object | predicted | mean abs dx (m) | dy (m) | dz (m) | size (m) | yaw (deg) |"
         );
-        let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        let _ = writeln!(
+            md,
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
         for b in &self.breakdowns {
             let e = b.errors;
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 b.name,
                 b.samples,
                 cell(b.iou_2d.map(|s| s.acc_at_050_pct), 2),
                 cell(b.iou_2d.map(|s| s.miou), 4),
+                cell(b.landing.map(|l| l.other_object_pct), 2),
+                cell(b.landing.map(|l| l.no_object_pct), 2),
                 b.predicted,
                 cell(e.map(|e| e.mean_abs_centre_err_m[0]), 3),
                 cell(e.map(|e| e.mean_abs_centre_err_m[1]), 3),
@@ -151,7 +156,8 @@ impl EvalReport {
         }
         let _ = writeln!(
             md,
-            "\nErrors are over the samples with a predicted box (`predicted`); size is the mean of |dl|, |dw|, |dh|."
+            "\nWhere the 2D boxes land (% of all samples, 2D IoU > 0.5): on the described object (2D Acc@0.5), on another annotated object of the image (a wrong pick), on none (a poor box). \
+             Errors are over the samples with a predicted box (`predicted`); size is the mean of |dl|, |dw|, |dh|."
         );
         if !self.problems.is_empty() {
             let _ = writeln!(md, "\n## Problems\n");

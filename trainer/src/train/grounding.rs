@@ -16,7 +16,7 @@ use tokenizers::Tokenizer;
 use super::Sequence;
 use crate::data::mono3drefer::{Dataset, Record, Split};
 use crate::eval::categories::categorize;
-use crate::eval::metrics::{CategoryMetrics, SampleResult};
+use crate::eval::metrics::{CategoryMetrics, ImageObjects, SampleResult};
 use crate::eval::predictions::Predicted;
 use crate::model::Qwen25Vl;
 use crate::model::generate::{Prompt, Sampling};
@@ -294,7 +294,7 @@ pub fn prediction_from_text(text: &str, resize: &ResizeMap) -> Predicted {
 }
 
 /// Greedy answers for `examples`, scored with the official metrics; returns every sample and the
-/// Overall breakdown. `on_example` is called after each (progress).
+/// Overall breakdown. A 2D box lands on another object only if that object is among `examples`. `on_example` is called after each (progress).
 ///
 /// # Errors
 /// As [`Qwen25Vl::generate`] and [`decode`].
@@ -307,6 +307,7 @@ pub fn evaluate_examples(
 ) -> Result<(Vec<SampleResult>, CategoryMetrics)> {
     let records: Vec<Record> = examples.iter().map(|e| e.record.clone()).collect();
     let (cats, _) = categorize(&records, records.iter(), None);
+    let objects = ImageObjects::from_records(&records);
     let sampling =
         Sampling { temperature: 0.0, top_p: 1.0, max_new_tokens, stop_tokens: vec![im_end_id(tokenizer)?] };
     let mut samples = Vec::with_capacity(examples.len());
@@ -314,16 +315,7 @@ pub fn evaluate_examples(
         let (out, _) = model.generate(&ex.prompt(), 1, &sampling)?;
         let text = out.first().map(|c| decode(tokenizer, &c.tokens)).transpose()?.unwrap_or_default();
         let pred = prediction_from_text(&text, ex.resize_map());
-        let r = &ex.record;
-        samples.push(SampleResult::score(
-            r.key(),
-            &r.image,
-            &r.object_name,
-            cat,
-            r.box3d,
-            r.label.bbox,
-            Some(&pred),
-        ));
+        samples.push(SampleResult::score(&ex.record, cat, &objects, Some(&pred)));
         on_example();
     }
     let overall = CategoryMetrics::of("Overall", &samples);
