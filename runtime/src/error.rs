@@ -183,6 +183,9 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// Grounder options that cannot run (e.g. consensus decoding with zero samples).
+    #[error("invalid grounder options: {0}")]
+    InvalidOptions(String),
     /// Tokenising or detokenising failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

@@ -2,19 +2,22 @@
 //!
 //! Per frame: undistort (when the intrinsics carry distortion), preprocess, run the vision encoder
 //! once; then all queries of the frame go through the decoder as one batch (rows right-padded, as
-//! the fused decoder's `GroupQueryAttention` requires, `docs/model-package.md`), greedy decoding
-//! over the KV cache until every row has emitted `<|im_end|>` or the token limit. Answers are
+//! the fused decoder's `GroupQueryAttention` requires, `docs/model-package.md`), decoding over the
+//! KV cache until every row has emitted `<|im_end|>` or the token limit — greedy, or several
+//! sampled answers per query merged by their coordinate median ([`crate::decoding`]). Answers are
 //! parsed with [`crate::protocol::parse_answer`]; the 2D box is mapped back to camera pixels and
 //! the 3D box's corners are projected with the camera's own intrinsics (`calib`).
 
 use std::time::Instant;
 
 use image::RgbImage;
+use monovlm_calib::synth::SplitMix64;
 use monovlm_calib::undistort::{NewCamera, UndistortMap, new_camera};
 use monovlm_calib::{Box2d, Intrinsics, Point2};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorRef};
 
+use crate::decoding::{Decoding, consensus, pick_token};
 use crate::error::{Error, Result};
 use crate::package::ModelPackage;
 use crate::preprocess::{self, Preprocessed};
@@ -50,6 +53,8 @@ pub struct GrounderOptions {
     pub max_new_tokens: usize,
     /// Decode a frame's queries as one batch (`true`) or one after the other.
     pub batch_queries: bool,
+    /// Greedy, or a consensus of sampled answers (each query then takes `samples` decoder rows).
+    pub decoding: Decoding,
 }
 
 impl Default for GrounderOptions {
@@ -58,6 +63,7 @@ impl Default for GrounderOptions {
             session: SessionOptions::default(),
             max_new_tokens: DEFAULT_MAX_NEW_TOKENS,
             batch_queries: true,
+            decoding: Decoding::Greedy,
         }
     }
 }
@@ -73,7 +79,7 @@ pub struct Timings {
     pub tokenize_ms: f64,
     /// Prompt embeddings and the decoder over the prompts.
     pub prefill_ms: f64,
-    /// Greedy steps.
+    /// Decoding steps after the prefill.
     pub decode_ms: f64,
     /// Detokenisation, parsing, box mapping and projection.
     pub postprocess_ms: f64,
@@ -85,7 +91,7 @@ pub struct Timings {
     pub new_tokens: usize,
     /// `new_tokens` per second of `decode_ms` (the prefill's first token included in the count).
     pub tokens_per_s: f64,
-    /// Queries decoded together.
+    /// Decoder rows run together (queries times samples per query).
     pub batch: usize,
 }
 
@@ -114,23 +120,28 @@ pub struct Grounding {
     pub frame_name: String,
     /// The query, normalised.
     pub query: String,
-    /// The model's text (special tokens removed).
+    /// The model's text (special tokens removed); with consensus decoding, the consensus answer in
+    /// the protocol's format when one parsed, else the first sample's text.
     pub text: String,
     /// The boxes, when the text parsed.
     pub answer: Option<GroundedBox>,
     /// Why the text did not parse.
     pub error: Option<String>,
-    /// Tokens generated for this query (the stop token included).
+    /// Tokens generated for this query over all its samples (stop tokens included).
     pub tokens: usize,
-    /// Whether generation ended on `<|im_end|>` (else on the token limit).
+    /// Whether generation ended on `<|im_end|>` (else on the token limit), for every sample.
     pub stopped: bool,
+    /// Answers sampled (1 for greedy decoding).
+    pub samples: usize,
+    /// Of them, those that parsed and entered the consensus.
+    pub parsed_samples: usize,
     /// The execution provider the decoder ran on.
     pub provider: Device,
     /// The frame's timings.
     pub timings: Timings,
 }
 
-/// Greedy continuations of a batch of prompts.
+/// Continuations of a batch of prompts (greedy or sampled, as the grounder decodes).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Generated {
     /// Per prompt: generated ids, the stop token included when reached.
@@ -180,18 +191,6 @@ fn take_f32(outputs: &ort::session::SessionOutputs<'_>, graph: &'static str, nam
 /// The greedy token of a logits row, never one of `banned`: `<|image_pad|>` and `<|video_pad|>`
 /// stand for image features and are never answer text (the trainer's `answer_logits` bans them
 /// the same way, so greedy answers agree).
-fn argmax(row: &[f32], banned: &[i64]) -> i64 {
-    let mut best = 0usize;
-    let mut best_v = f32::NEG_INFINITY;
-    for (i, &v) in row.iter().enumerate() {
-        if v > best_v && !banned.contains(&(i as i64)) {
-            best = i;
-            best_v = v;
-        }
-    }
-    best as i64
-}
-
 fn ms(s: f64) -> f64 {
     s * 1e3
 }
@@ -209,6 +208,8 @@ pub struct Grounder {
     /// The last frame's patch rows, handed back by [`Grounder::ground`] for the next frame to
     /// overwrite (`preprocess_image_reusing`).
     spare_pixels: Option<ndarray::Array2<f32>>,
+    /// The sampling generator; its state carries over from call to call.
+    rng: SplitMix64,
 }
 
 impl std::fmt::Debug for Grounder {
@@ -226,8 +227,10 @@ impl Grounder {
     /// # Errors
     /// [`Error::Package`] for a wrong package, including a graph ONNX Runtime cannot load
     /// (truncated, corrupt, unknown operator: its message against the file); ONNX Runtime loading
-    /// errors; [`Error::Package`] for an fp16 package (f16 interfaces are not wired here yet).
+    /// errors; [`Error::Package`] for an fp16 package (f16 interfaces are not wired here yet);
+    /// [`Error::InvalidOptions`] for decoding parameters that cannot run.
     pub fn open(dir: &std::path::Path, options: GrounderOptions) -> Result<Self> {
+        options.decoding.validate()?;
         let package = ModelPackage::open(dir)?;
         if !package.precision.f32_interfaces() {
             return Err(Error::Package {
@@ -262,6 +265,7 @@ impl Grounder {
             embed,
             decoder,
             providers: [pv, pe, pd],
+            rng: options.decoding.rng(),
             options,
             undistort: None,
             spare_pixels: None,
@@ -378,9 +382,10 @@ impl Grounder {
     }
 
     /// One decoder call: new embeddings `[B, S, D]`, mask `[B, T]`, positions `[3, B, S]`, and the
-    /// cache (replaced by the presents). Returns the greedy token (never one of `banned`) of each
-    /// logits row in `pick` (flat indices into the `B * S` rows), read in place: the `[B, S, V]`
-    /// logits of a prefill are the largest output and are never copied.
+    /// cache (replaced by the presents). Returns the next token (greedy or sampled, as
+    /// [`GrounderOptions::decoding`] says, never one of `banned`) of each logits row in `pick`
+    /// (flat indices into the `B * S` rows), read in place: the `[B, S, V]` logits of a prefill
+    /// are the largest output and are never copied.
     #[allow(clippy::too_many_arguments)]
     fn decoder_step(
         &mut self,
@@ -420,17 +425,21 @@ impl Grounder {
         let logits = out.get(names::LOGITS).ok_or_else(|| inference(g, "no output logits"))?;
         let (_, data) = logits.try_extract_tensor::<f32>().map_err(|e| inference(g, e))?;
         let vocab = usize::try_from(self.package.config.text.vocab_size).unwrap_or(0).max(1);
+        let decoding = self.options.decoding;
+        let rng = &mut self.rng;
         pick.iter()
             .map(|&row| {
                 data.get(row * vocab..(row + 1) * vocab)
-                    .map(|r| argmax(r, banned))
+                    .map(|r| pick_token(r, banned, &decoding, rng))
                     .ok_or_else(|| inference(g, format!("logits have no row {row}")))
             })
             .collect()
     }
 
-    /// Greedy continuations of `prompts` (token ids, each holding the image block of `pre` once)
-    /// sharing the image features `features`; all prompts in one batch, right-padded.
+    /// `samples` continuations of each of `prompts` (token ids, each holding the image block of
+    /// `pre` once) sharing the image features `features`; all prompts in one batch, right-padded.
+    /// Each prompt is prefilled once; for several samples its KV cache row is then repeated, and
+    /// the rows (prompt-major: prompt `i`'s samples are rows `i * samples ..`) decode together.
     // Rows index several parallel arrays (tokens, stopped, next, lengths): a row index reads best.
     #[allow(clippy::needless_range_loop)]
     fn generate_batch(
@@ -438,6 +447,7 @@ impl Grounder {
         features: &[f32],
         grid: [usize; 3],
         prompts: &[Vec<i64>],
+        samples: usize,
         clock: &mut Clock,
         timings: &mut Timings,
     ) -> Result<Generated> {
@@ -453,8 +463,9 @@ impl Grounder {
         let b = prompts.len();
         let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
         let s = lens.iter().copied().max().unwrap_or(0);
+        let n = samples.max(1);
         if b == 0 || s == 0 || d == 0 || vocab == 0 {
-            return Ok(Generated { tokens: vec![Vec::new(); b], stopped: vec![false; b] });
+            return Ok(Generated { tokens: vec![Vec::new(); b * n], stopped: vec![false; b * n] });
         }
 
         // Prefill: padded ids, image rows substituted, 3-row positions, mask.
@@ -502,9 +513,22 @@ impl Grounder {
                 .map_err(|e| inference("decoder", e))?;
             cache.push((k.into_dyn(), v.into_dyn()));
         }
-        let last_rows: Vec<usize> = (0..b).map(|r| r * s + lens[r] - 1).collect();
+        // Each prompt's last logits row, once per sample (independent draws when sampling).
+        let last_rows: Vec<usize> =
+            (0..b).flat_map(|r| std::iter::repeat_n(r * s + lens[r] - 1, n)).collect();
         let mut next =
             self.decoder_step(embeds, mask, positions, b, s, &mut cache, clock, &last_rows, &banned)?;
+        let (b, lens, deltas) = if n > 1 {
+            for (k, v) in &mut cache {
+                *k = repeat_rows(k, n)?;
+                *v = repeat_rows(v, n)?;
+            }
+            let repeat =
+                |xs: &[usize]| xs.iter().flat_map(|&x| std::iter::repeat_n(x, n)).collect::<Vec<_>>();
+            (b * n, repeat(&lens), deltas.iter().flat_map(|&x| std::iter::repeat_n(x, n)).collect())
+        } else {
+            (b, lens, deltas)
+        };
         timings.prefill_ms = ms(t_prefill.elapsed().as_secs_f64());
 
         // Decode.
@@ -549,21 +573,23 @@ impl Grounder {
         Ok(out)
     }
 
-    /// Greedy continuations of `prompts` on one preprocessed image: the image is encoded once,
-    /// the prompts decoded as a batch (or one by one when [`GrounderOptions::batch_queries`] is
-    /// off).
+    /// One continuation of each of `prompts` on one preprocessed image, greedy or sampled as
+    /// [`GrounderOptions::decoding`] says (one row per prompt: [`Grounder::ground`] is what repeats
+    /// a query for its samples). The image is encoded once, the prompts decoded as a batch (or one
+    /// by one when [`GrounderOptions::batch_queries`] is off).
     ///
     /// # Errors
     /// [`Error::Inference`] when a graph fails or disagrees with the contract.
     pub fn generate(&mut self, pre: &Preprocessed, prompts: &[Vec<i64>]) -> Result<Generated> {
         let mut timings = Timings::default();
-        self.generate_timed(pre, prompts, &mut Clock::default(), &mut timings)
+        self.generate_timed(pre, prompts, 1, &mut Clock::default(), &mut timings)
     }
 
     fn generate_timed(
         &mut self,
         pre: &Preprocessed,
         prompts: &[Vec<i64>],
+        samples: usize,
         clock: &mut Clock,
         timings: &mut Timings,
     ) -> Result<Generated> {
@@ -571,14 +597,21 @@ impl Grounder {
         let features = self.image_features(pre, clock)?;
         timings.vision_ms = ms(t.elapsed().as_secs_f64());
         if self.options.batch_queries {
-            timings.batch = prompts.len();
-            return self.generate_batch(&features, pre.grid_thw, prompts, clock, timings);
+            timings.batch = prompts.len() * samples.max(1);
+            return self.generate_batch(&features, pre.grid_thw, prompts, samples, clock, timings);
         }
-        timings.batch = 1;
+        timings.batch = samples.max(1);
         let mut out = Generated { tokens: Vec::new(), stopped: Vec::new() };
         let (mut prefill, mut decode) = (0.0, 0.0);
         for p in prompts {
-            let g = self.generate_batch(&features, pre.grid_thw, std::slice::from_ref(p), clock, timings)?;
+            let g = self.generate_batch(
+                &features,
+                pre.grid_thw,
+                std::slice::from_ref(p),
+                samples,
+                clock,
+                timings,
+            )?;
             prefill += timings.prefill_ms;
             decode += timings.decode_ms;
             out.tokens.extend(g.tokens);
@@ -608,22 +641,44 @@ impl Grounder {
         let (pre, _pinhole) = self.prepare(&frame.image, camera)?;
         timings.preprocess_ms = ms(t.elapsed().as_secs_f64());
         let t = Instant::now();
+        let samples = self.options.decoding.samples();
         let prompts = queries.iter().map(|q| self.prompt_tokens(q, &pre)).collect::<Result<Vec<_>>>()?;
         timings.tokenize_ms = ms(t.elapsed().as_secs_f64());
-        let generated = self.generate_timed(&pre, &prompts, &mut clock, &mut timings)?;
+        let generated = self.generate_timed(&pre, &prompts, samples, &mut clock, &mut timings)?;
 
         let t_post = Instant::now();
         let mut results = Vec::with_capacity(queries.len());
-        for ((query, ids), stopped) in queries.iter().zip(&generated.tokens).zip(&generated.stopped) {
-            let u32s: Vec<u32> = ids.iter().filter_map(|&i| u32::try_from(i).ok()).collect();
-            let text =
-                self.package.tokenizer.decode(&u32s, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
-            let (answer, error) = match protocol::parse_answer(&text) {
-                Ok(a) => match grounded_box(&a, &pre, camera) {
+        let rows = generated.tokens.chunks(samples).zip(generated.stopped.chunks(samples));
+        for (query, (ids, stopped)) in queries.iter().zip(rows) {
+            let mut texts = Vec::with_capacity(samples);
+            let mut answers = Vec::with_capacity(samples);
+            let mut first_error = None;
+            for sample in ids {
+                let u32s: Vec<u32> = sample.iter().filter_map(|&i| u32::try_from(i).ok()).collect();
+                let text = self
+                    .package
+                    .tokenizer
+                    .decode(&u32s, true)
+                    .map_err(|e| Error::Tokenizer(e.to_string()))?;
+                match protocol::parse_answer(&text) {
+                    Ok(a) => answers.push(a),
+                    Err(e) => {
+                        first_error.get_or_insert_with(|| e.to_string());
+                    }
+                }
+                texts.push(text);
+            }
+            let merged = if samples == 1 { answers.first().cloned() } else { consensus(&answers) };
+            let text = match (&merged, samples) {
+                (Some(a), 2..) => protocol::format_answer(a),
+                _ => texts.swap_remove(0),
+            };
+            let (answer, error) = match merged {
+                Some(a) => match grounded_box(&a, &pre, camera) {
                     Ok(b) => (Some(b), None),
                     Err(e) => (None, Some(e.to_string())),
                 },
-                Err(e) => (None, Some(e.to_string())),
+                None => (None, Some(first_error.unwrap_or_else(|| "no answer could be merged".into()))),
             };
             results.push(Grounding {
                 frame_index: frame.index,
@@ -632,8 +687,10 @@ impl Grounder {
                 text,
                 answer,
                 error,
-                tokens: ids.len(),
-                stopped: *stopped,
+                tokens: ids.iter().map(Vec::len).sum(),
+                stopped: stopped.iter().all(|&s| s),
+                samples,
+                parsed_samples: answers.len(),
                 provider: self.provider(),
                 timings: Timings::default(),
             });
@@ -650,6 +707,26 @@ impl Grounder {
         }
         Ok(results)
     }
+}
+
+/// A cache tensor `[B, ...]` (f32) with each batch row repeated `n` times in place: `[B * n, ...]`.
+fn repeat_rows(value: &DynValue, n: usize) -> Result<DynValue> {
+    let g = "decoder";
+    let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| inference(g, e))?;
+    let mut dims: Vec<usize> = shape.iter().map(|&x| usize::try_from(x).unwrap_or(0)).collect();
+    let rows = dims.first().copied().unwrap_or(0);
+    if rows == 0 {
+        return Err(inference(g, "a present with no batch rows"));
+    }
+    let row_len = data.len() / rows;
+    let mut out = Vec::with_capacity(data.len() * n);
+    for row in data.chunks(row_len.max(1)) {
+        for _ in 0..n {
+            out.extend_from_slice(row);
+        }
+    }
+    dims[0] = rows * n;
+    Ok(Tensor::from_array((dims, out)).map_err(|e| inference(g, e))?.into_dyn())
 }
 
 /// Points sampled along each side of a 2D box when mapping it through the lens distortion.
@@ -747,11 +824,5 @@ mod tests {
         }
         // Barrel distortion pulls an off-centre box towards the centre.
         assert!(b.bbox_2d_px[0] > ideal[0]);
-    }
-
-    #[test]
-    fn argmax_skips_banned_ids() {
-        assert_eq!(argmax(&[0.0, 5.0, 1.0], &[]), 1);
-        assert_eq!(argmax(&[0.0, 5.0, 1.0], &[1]), 2);
     }
 }

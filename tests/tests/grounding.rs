@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use monovlm_calib::{Distortion, Intrinsics};
 use monovlm_exporter::package::{ExportOptions, export};
 use monovlm_exporter::validate::Reference;
+use monovlm_runtime::Error;
+use monovlm_runtime::decoding::Decoding;
 use monovlm_runtime::grounder::{Grounder, GrounderOptions};
 use monovlm_runtime::model_config::Qwen25VlConfig;
 use monovlm_runtime::package::byte_level_tokenizer_json;
@@ -38,6 +40,7 @@ fn cpu(max_new_tokens: usize, batch_queries: bool) -> GrounderOptions {
         session: SessionOptions { devices: vec![Device::Cpu], intra_threads: 1, ..SessionOptions::default() },
         max_new_tokens,
         batch_queries,
+        decoding: Decoding::Greedy,
     }
 }
 
@@ -109,6 +112,45 @@ fn batched_queries_decode_like_one_by_one_and_results_are_complete() {
     assert_eq!(r.len(), 1);
     // A frame of another size than its intrinsics is an error, not a panic.
     assert!(one_by_one.ground(&frame(100, 80), &queries[..1], &k).is_err());
+}
+
+#[test]
+fn consensus_decoding_runs_every_sample_and_rejects_bad_parameters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = package(tmp.path(), "tiny_b");
+    let f = frame(224, 168);
+    let k = Intrinsics::new(200.0, 200.0, 112.0, 84.0, 224, 168).unwrap();
+    let queries = [Query::new("the car").unwrap(), Query::new("the van on the right").unwrap()];
+    let mut opts = cpu(6, true);
+    opts.decoding = Decoding::Consensus { samples: 3, temperature: 1.0, top_p: 0.9, seed: 5 };
+    let run = |opts: &GrounderOptions| {
+        Grounder::open(&pkg, opts.clone()).unwrap().ground(&f, &queries, &k).unwrap()
+    };
+    let a = run(&opts);
+    assert_eq!(a.len(), 2);
+    for g in &a {
+        assert_eq!(g.samples, 3);
+        assert!(g.parsed_samples <= 3);
+        assert!(g.tokens >= 3 && g.tokens <= 18, "3 samples of 1..=6 tokens, got {}", g.tokens);
+        assert!(g.answer.is_some() || g.error.is_some());
+    }
+    assert_eq!(a[0].timings.batch, 6, "2 queries x 3 samples decode as one batch");
+    // Seeded: the same seed draws the same tokens.
+    let b = run(&opts);
+    assert_eq!(
+        a.iter().map(|g| (&g.text, g.tokens)).collect::<Vec<_>>(),
+        b.iter().map(|g| (&g.text, g.tokens)).collect::<Vec<_>>()
+    );
+
+    for bad in [
+        Decoding::Consensus { samples: 0, temperature: 1.0, top_p: 1.0, seed: 0 },
+        Decoding::Consensus { samples: 2, temperature: f32::NAN, top_p: 1.0, seed: 0 },
+        Decoding::Consensus { samples: 2, temperature: 1.0, top_p: 0.0, seed: 0 },
+    ] {
+        opts.decoding = bad;
+        let err = Grounder::open(&pkg, opts.clone()).unwrap_err();
+        assert!(matches!(err, Error::InvalidOptions(_)), "{bad:?}: {err}");
+    }
 }
 
 #[test]

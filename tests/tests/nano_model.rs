@@ -16,8 +16,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use monovlm_calib::{Box3d, iou_3d};
+use monovlm_runtime::decoding::Decoding;
 use monovlm_runtime::grounder::{Grounder, GrounderOptions};
 use monovlm_runtime::protocol::Query;
+use monovlm_runtime::protocol::parse_answer;
 use monovlm_runtime::session::{Device, SessionOptions};
 use monovlm_runtime::source::{Frame, read_image};
 use monovlm_trainer::data::mono3drefer::{Dataset, Record, Strictness};
@@ -71,5 +73,64 @@ fn nano_model_grounds_three_demo_descriptions() {
             answer.bbox_3d_cam,
             record.box3d
         );
+    }
+}
+
+/// Consensus decoding on a real model: at a vanishing temperature every sample is the greedy
+/// answer, so the merged boxes equal greedy decoding's exactly; at temperature 1 the samples
+/// differ, their consensus is a parsed answer written back in the protocol's format, and the same
+/// seed reproduces it.
+#[test]
+fn consensus_at_a_vanishing_temperature_is_greedy_and_sampling_is_seeded() {
+    monovlm_runtime::ortlib::init().unwrap();
+    let demo = Dataset::load(&root().join("assets/demo"), Strictness::Strict).unwrap();
+    let image = "000001";
+    let camera = demo.intrinsics(image).unwrap();
+    let frame = Frame {
+        image: read_image(&demo.image_path(image).unwrap()).unwrap(),
+        index: 0,
+        name: image.to_owned(),
+        intrinsics: Some(camera.clone()),
+        captured: Instant::now(),
+    };
+    let queries: Vec<Query> = demo
+        .all_records()
+        .filter(|r| r.image == image)
+        .take(3)
+        .map(|r| Query::new(&r.description).unwrap())
+        .collect();
+    let ground = |decoding: Decoding| {
+        let options = GrounderOptions {
+            session: SessionOptions {
+                devices: vec![Device::Cpu],
+                intra_threads: 2,
+                ..SessionOptions::default()
+            },
+            decoding,
+            ..GrounderOptions::default()
+        };
+        Grounder::open(&root().join("models/nano"), options)
+            .unwrap()
+            .ground(&frame, &queries, &camera)
+            .unwrap()
+    };
+    let greedy = ground(Decoding::Greedy);
+    let cold = ground(Decoding::Consensus { samples: 4, temperature: 1e-4, top_p: 1.0, seed: 1 });
+    for (g, c) in greedy.iter().zip(&cold) {
+        assert_eq!((g.samples, c.samples, c.parsed_samples), (1, 4, 4), "{:?}", c.text);
+        assert_eq!(c.tokens, 4 * g.tokens);
+        let (ga, ca) = (g.answer.as_ref().unwrap(), c.answer.as_ref().unwrap());
+        assert_eq!(ga.bbox_3d_cam, ca.bbox_3d_cam);
+        assert_eq!(ga.bbox_2d_px, ca.bbox_2d_px);
+    }
+    let warm = Decoding::Consensus { samples: 6, temperature: 1.0, top_p: 1.0, seed: 7 };
+    let (a, b) = (ground(warm), ground(warm));
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.text, y.text, "the same seed gives the same consensus");
+        let parsed = parse_answer(&x.text).unwrap();
+        let merged = x.answer.as_ref().unwrap().bbox_3d_cam;
+        for (p, m) in parsed.bbox_3d.to_array().iter().zip(merged) {
+            assert!((p - m).abs() < 0.051, "the text is the merged answer, rounded: {p} vs {m}");
+        }
     }
 }

@@ -47,6 +47,7 @@ fn grounder(max_new_tokens: usize) -> Grounder {
         session: SessionOptions { devices: vec![Device::Cpu], intra_threads: 1, ..SessionOptions::default() },
         max_new_tokens,
         batch_queries: true,
+        ..GrounderOptions::default()
     };
     Grounder::open(package(), options).unwrap()
 }

@@ -41,6 +41,7 @@ fn runtime_ground_answers_like_the_trainer_greedy_decode() {
         session: SessionOptions { devices: vec![Device::Cpu], intra_threads: 1, ..SessionOptions::default() },
         max_new_tokens: NEW_TOKENS,
         batch_queries: true,
+        ..GrounderOptions::default()
     };
     let mut grounder = Grounder::open(&pkg, options).unwrap();
     let image = image::RgbImage::from_fn(196, 140, |x, y| {

@@ -157,6 +157,19 @@ struct EvalArgs {
     /// With --package: queries decoded together per batch (one image's descriptions).
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// With --package: answers sampled per query and merged by their coordinate median
+    /// (1 = greedy decoding).
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// With --samples > 1: sampling temperature.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// With --samples > 1: nucleus (top-p) mass kept.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// With --samples > 1: seed of the sampling generator.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Score only the first N images of the split (with all their descriptions).
     #[arg(long)]
     images: Option<usize>,
@@ -404,14 +417,17 @@ fn eval(args: &EvalArgs) -> Result<()> {
 
 /// Runs `package` over the split, writes OUT/predictions.jsonl and OUT/package_run.json (speed).
 fn predict_with_package(dataset: &Dataset, args: &EvalArgs, package: &Path) -> Result<PathBuf> {
+    use monovlm_runtime::decoding::Decoding;
     use monovlm_runtime::grounder::{Grounder, GrounderOptions};
     use monovlm_runtime::session::SessionOptions;
     use monovlm_trainer::eval::package::predict_split;
     monovlm_runtime::ortlib::init().context("loading ONNX Runtime")?;
     let options = GrounderOptions {
         session: SessionOptions { intra_threads: args.threads, ..SessionOptions::default() },
+        decoding: Decoding::from_samples(args.samples, args.temperature, args.top_p, args.seed),
         ..GrounderOptions::default()
     };
+    let decoding = options.decoding;
     let mut grounder =
         Grounder::open(package, options).with_context(|| format!("opening {}", package.display()))?;
     let bar = progress(dataset.records(args.split).len(), "grounding");
@@ -428,6 +444,7 @@ fn predict_with_package(dataset: &Dataset, args: &EvalArgs, package: &Path) -> R
         "seconds": run.seconds,
         "queries_per_s": run.lines.len() as f64 / run.seconds.max(1e-9),
         "new_tokens": run.new_tokens,
+        "decoding": format!("{decoding:?}"),
     });
     let speed_path = args.out.join("package_run.json");
     std::fs::write(&speed_path, serde_json::to_string_pretty(&speed)?)
