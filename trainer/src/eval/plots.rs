@@ -20,8 +20,10 @@ use crate::eval::report::EvalReport;
 static FONT_TTF: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
 /// The family name the font is registered under.
 const FONT_FAMILY: &str = "sans-serif";
-/// Top of the accuracy axis: 100% plus room for the legend.
-const ACC_AXIS_MAX_PCT: f64 = 125.0;
+/// Height of the bar charts' plot area (the image less caption, margins and x labels), pixels.
+const BAR_PLOT_AREA_PX: f64 = 560.0;
+/// Height of one legend entry, pixels.
+const LEGEND_ENTRY_PX: f64 = 22.0;
 /// Grid colours.
 const LIGHT_GRID: RGBColor = RGBColor(245, 245, 245);
 const BOLD_GRID: RGBColor = RGBColor(215, 215, 215);
@@ -102,8 +104,16 @@ pub struct Bars {
     pub values: Vec<Option<f64>>,
 }
 
-/// Colours for [`grouped_bars`] series compared side by side (tab10).
-pub const SERIES_COLOURS: [RGBColor; 6] = CURVE_COLOURS;
+/// Colours for [`grouped_bars`] series compared side by side (tab10: ten series before one
+/// repeats).
+pub const SERIES_COLOURS: [RGBColor; 10] = CURVE_COLOURS;
+
+/// Top of a [`grouped_bars`] axis, percent: 100% plus headroom for the legend of `n_series`
+/// entries, so that the legend (upper right) stays above a 100% bar and its value label.
+fn acc_axis_max_pct(n_series: usize) -> f64 {
+    let legend_share = ((LEGEND_ENTRY_PX * n_series as f64 + 30.0) / BAR_PLOT_AREA_PX).min(0.6);
+    100.0 / (1.0 - legend_share - 0.04)
+}
 
 /// A grouped bar chart of percentages: one group per name of `groups`, one bar per series in
 /// each, the value printed above each bar, headroom above 100% for the legend.
@@ -125,8 +135,7 @@ pub fn grouped_bars(
             .margin(20)
             .x_label_area_size(50)
             .y_label_area_size(60)
-            // Headroom above 100% for the legend.
-            .build_cartesian_2d(0.0..n_groups as f64, 0.0..ACC_AXIS_MAX_PCT)
+            .build_cartesian_2d(0.0..n_groups as f64, 0.0..acc_axis_max_pct(series.len()))
             .map_err(|x| e(&x))?;
         chart
             .configure_mesh()
@@ -258,13 +267,17 @@ pub struct Curve<'a> {
 }
 
 /// Colours of successive curves (matplotlib's tab10).
-const CURVE_COLOURS: [RGBColor; 6] = [
+const CURVE_COLOURS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 
 /// Line plot of training curves (loss, reward, KL...) against steps, with a legend.
@@ -314,4 +327,23 @@ pub fn curves(path: &Path, title: &str, x_desc: &str, y_desc: &str, series: &[Cu
             .map_err(|x| e(&x))?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bar_axis_leaves_the_legend_room_above_a_full_bar() {
+        for n in 1..=10 {
+            let top = acc_axis_max_pct(n);
+            // Pixels between the 100% line and the top of the plot area.
+            let above_full_bar_px = (1.0 - 100.0 / top) * BAR_PLOT_AREA_PX;
+            let legend_px = LEGEND_ENTRY_PX * n as f64 + 30.0;
+            assert!(
+                above_full_bar_px >= legend_px,
+                "{n} series: {above_full_bar_px:.0} px for a {legend_px:.0} px legend"
+            );
+        }
+    }
 }
