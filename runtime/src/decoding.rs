@@ -88,7 +88,9 @@ pub(crate) fn pick_token(row: &[f32], banned: &[i64], decoding: &Decoding, rng: 
     }
 }
 
-/// The largest logit's index, skipping `banned` (index 0 for an empty row).
+/// The largest logit's index, skipping `banned` (index 0 for an empty row). The grounder bans
+/// `<|image_pad|>` and `<|video_pad|>`: they stand for image features and are never answer text
+/// (the trainer's `answer_logits` bans them the same way, so greedy answers agree).
 pub(crate) fn argmax(row: &[f32], banned: &[i64]) -> i64 {
     let mut best = 0usize;
     let mut best_v = f32::NEG_INFINITY;

@@ -188,9 +188,6 @@ fn take_f32(outputs: &ort::session::SessionOutputs<'_>, graph: &'static str, nam
     Ok(data.to_vec())
 }
 
-/// The greedy token of a logits row, never one of `banned`: `<|image_pad|>` and `<|video_pad|>`
-/// stand for image features and are never answer text (the trainer's `answer_logits` bans them
-/// the same way, so greedy answers agree).
 fn ms(s: f64) -> f64 {
     s * 1e3
 }

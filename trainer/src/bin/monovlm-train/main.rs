@@ -359,6 +359,12 @@ fn data_check(args: &CheckArgs) -> Result<()> {
 }
 
 fn eval(args: &EvalArgs) -> Result<()> {
+    if args.samples > 1 && args.package.is_none() {
+        anyhow::bail!(
+            "--samples {} decodes a --package; it does nothing for --predictions or --baseline",
+            args.samples
+        );
+    }
     let mut dataset = load(&args.data, args.strict)?;
     if let Some(n) = args.images {
         dataset.keep_first_images(args.split, n);
