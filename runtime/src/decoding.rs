@@ -80,6 +80,38 @@ impl Decoding {
     }
 }
 
+/// The command-line flags of [`Decoding`], shared by `monovlm-edge` and `monovlm-train eval`
+/// (flatten them into a clap parser).
+#[derive(Clone, Debug, PartialEq, clap::Args)]
+pub struct DecodingArgs {
+    /// Answers sampled per query and merged by their coordinate median (1 = greedy decoding).
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
+    /// With --samples > 1: sampling temperature.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// With --samples > 1: nucleus (top-p) mass kept.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// With --samples > 1: seed of the sampling generator.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl Default for DecodingArgs {
+    /// The flags' defaults: greedy decoding.
+    fn default() -> Self {
+        Self { samples: 1, temperature: 1.0, top_p: 1.0, seed: 0 }
+    }
+}
+
+impl DecodingArgs {
+    /// The decoding these flags ask for ([`Decoding::from_samples`]).
+    pub fn decoding(&self) -> Decoding {
+        Decoding::from_samples(self.samples, self.temperature, self.top_p, self.seed)
+    }
+}
+
 /// The next token from one row of logits: never one of `banned`.
 pub(crate) fn pick_token(row: &[f32], banned: &[i64], decoding: &Decoding, rng: &mut SplitMix64) -> i64 {
     match *decoding {
@@ -255,6 +287,11 @@ mod tests {
         // Across pi the three lie in the order 3.0, 3.1, -3.1 (= 3.18): 3.1 is in the middle,
         // where a median of the raw numbers would pick 3.0.
         assert_eq!(circular_medoid(&[3.1, -3.1, 3.0]), 3.1);
+    }
+
+    #[test]
+    fn the_default_flags_decode_greedily() {
+        assert_eq!(DecodingArgs::default().decoding(), Decoding::Greedy);
     }
 
     #[test]

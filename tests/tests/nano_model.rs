@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use monovlm_calib::{Box3d, iou_3d};
+use monovlm_calib::{Box3d, Intrinsics, iou_3d};
 use monovlm_runtime::decoding::Decoding;
 use monovlm_runtime::grounder::{Grounder, GrounderOptions};
 use monovlm_runtime::protocol::Query;
@@ -34,6 +34,19 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The demo frame `image` and its camera.
+fn demo_frame(demo: &Dataset, image: &str) -> (Frame, Intrinsics) {
+    let camera = demo.intrinsics(image).unwrap();
+    let frame = Frame {
+        image: read_image(&demo.image_path(image).unwrap()).unwrap(),
+        index: 0,
+        name: image.to_owned(),
+        intrinsics: Some(camera.clone()),
+        captured: Instant::now(),
+    };
+    (frame, camera)
+}
+
 #[test]
 fn nano_model_grounds_three_demo_descriptions() {
     monovlm_runtime::ortlib::init().unwrap();
@@ -49,14 +62,7 @@ fn nano_model_grounds_three_demo_descriptions() {
             .iter()
             .find(|r| r.image == image && r.instance_id == instance_id && r.ann_id == ann_id)
             .unwrap_or_else(|| panic!("no demo record {image}/{instance_id}/{ann_id}"));
-        let camera = demo.intrinsics(image).unwrap();
-        let frame = Frame {
-            image: read_image(&demo.image_path(image).unwrap()).unwrap(),
-            index: 0,
-            name: image.to_owned(),
-            intrinsics: Some(camera.clone()),
-            captured: Instant::now(),
-        };
+        let (frame, camera) = demo_frame(&demo, image);
         let query = Query::new(&record.description).unwrap();
         let g = grounder.ground(&frame, &[query], &camera).unwrap().remove(0);
         let answer = g
@@ -85,14 +91,7 @@ fn consensus_at_a_vanishing_temperature_is_greedy_and_sampling_is_seeded() {
     monovlm_runtime::ortlib::init().unwrap();
     let demo = Dataset::load(&root().join("assets/demo"), Strictness::Strict).unwrap();
     let image = "000001";
-    let camera = demo.intrinsics(image).unwrap();
-    let frame = Frame {
-        image: read_image(&demo.image_path(image).unwrap()).unwrap(),
-        index: 0,
-        name: image.to_owned(),
-        intrinsics: Some(camera.clone()),
-        captured: Instant::now(),
-    };
+    let (frame, camera) = demo_frame(&demo, image);
     let queries: Vec<Query> = demo
         .all_records()
         .filter(|r| r.image == image)

@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use monovlm_calib::Intrinsics;
 use monovlm_calib::formats::{ReadOptions, read_intrinsics};
 use monovlm_runtime::camera::{CameraConfig, V4l2Camera};
-use monovlm_runtime::decoding::Decoding;
+use monovlm_runtime::decoding::DecodingArgs;
 use monovlm_runtime::grounder::{Grounder, GrounderOptions, Grounding, Timings};
 use monovlm_runtime::protocol::Query;
 use monovlm_runtime::serve::{OpenSource, ServeConfig, Server};
@@ -153,18 +153,9 @@ struct RunArgs {
     /// Decode a frame's queries one after the other instead of as one batch.
     #[arg(long)]
     no_batch: bool,
-    /// Answers sampled per query and merged by their coordinate median (1 = greedy decoding).
-    #[arg(long, default_value_t = 1)]
-    samples: usize,
-    /// With --samples > 1: sampling temperature.
-    #[arg(long, default_value_t = 1.0)]
-    temperature: f32,
-    /// With --samples > 1: nucleus (top-p) mass kept.
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
-    /// With --samples > 1: seed of the sampling generator.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Greedy or consensus decoding.
+    #[command(flatten)]
+    decoding: DecodingArgs,
     /// Camera resolution to ask for, WIDTHxHEIGHT.
     #[arg(long, default_value = "1280x720")]
     camera_size: String,
@@ -346,7 +337,7 @@ fn open_grounder(args: &RunArgs, devices: Vec<monovlm_runtime::session::Device>)
         },
         max_new_tokens: args.max_new_tokens,
         batch_queries: !args.no_batch,
-        decoding: Decoding::from_samples(args.samples, args.temperature, args.top_p, args.seed),
+        decoding: args.decoding.decoding(),
     };
     Grounder::open(&model, options).with_context(|| format!("--model {}", model.display()))
 }

@@ -157,19 +157,9 @@ struct EvalArgs {
     /// With --package: queries decoded together per batch (one image's descriptions).
     #[arg(long, default_value_t = 8)]
     batch: usize,
-    /// With --package: answers sampled per query and merged by their coordinate median
-    /// (1 = greedy decoding).
-    #[arg(long, default_value_t = 1)]
-    samples: usize,
-    /// With --samples > 1: sampling temperature.
-    #[arg(long, default_value_t = 1.0)]
-    temperature: f32,
-    /// With --samples > 1: nucleus (top-p) mass kept.
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
-    /// With --samples > 1: seed of the sampling generator.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// With --package: greedy or consensus decoding.
+    #[command(flatten)]
+    decoding: monovlm_runtime::decoding::DecodingArgs,
     /// Score only the first N images of the split (with all their descriptions).
     #[arg(long)]
     images: Option<usize>,
@@ -359,10 +349,10 @@ fn data_check(args: &CheckArgs) -> Result<()> {
 }
 
 fn eval(args: &EvalArgs) -> Result<()> {
-    if args.samples > 1 && args.package.is_none() {
+    if args.decoding.samples > 1 && args.package.is_none() {
         anyhow::bail!(
             "--samples {} decodes a --package; it does nothing for --predictions or --baseline",
-            args.samples
+            args.decoding.samples
         );
     }
     let mut dataset = load(&args.data, args.strict)?;
@@ -423,14 +413,13 @@ fn eval(args: &EvalArgs) -> Result<()> {
 
 /// Runs `package` over the split, writes OUT/predictions.jsonl and OUT/package_run.json (speed).
 fn predict_with_package(dataset: &Dataset, args: &EvalArgs, package: &Path) -> Result<PathBuf> {
-    use monovlm_runtime::decoding::Decoding;
     use monovlm_runtime::grounder::{Grounder, GrounderOptions};
     use monovlm_runtime::session::SessionOptions;
     use monovlm_trainer::eval::package::predict_split;
     monovlm_runtime::ortlib::init().context("loading ONNX Runtime")?;
     let options = GrounderOptions {
         session: SessionOptions { intra_threads: args.threads, ..SessionOptions::default() },
-        decoding: Decoding::from_samples(args.samples, args.temperature, args.top_p, args.seed),
+        decoding: args.decoding.decoding(),
         ..GrounderOptions::default()
     };
     let decoding = options.decoding;
