@@ -143,37 +143,49 @@ fn sample(row: &[f32], banned: &[i64], temperature: f32, top_p: f32, rng: &mut S
     if !max.is_finite() {
         return top;
     }
-    let mut weights: Vec<(usize, f64)> = row
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !banned.contains(&(*i as i64)))
-        .map(|(i, &v)| (i, f64::from((v - max) / temperature).exp()))
-        .filter(|(_, w)| *w > 0.0)
-        .collect();
-    if top_p < 1.0 {
-        weights.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let total: f64 = weights.iter().map(|w| w.1).sum();
-        let mut before = 0.0;
-        // Keep a token while the mass before it is short of top_p (the first always stays).
-        let keep = weights
-            .iter()
-            .take_while(|w| {
-                let k = before < f64::from(top_p) * total;
-                before += w.1;
-                k
-            })
-            .count();
-        weights.truncate(keep.max(1));
+    let weighted = || {
+        row.iter()
+            .enumerate()
+            .filter(|(i, _)| !banned.contains(&(*i as i64)))
+            .map(|(i, &v)| (i, f64::from((v - max) / temperature).exp()))
+            .filter(|(_, w)| *w > 0.0)
+    };
+    if top_p >= 1.0 {
+        // The whole distribution: two passes over the row, no buffer (this runs per row per step).
+        let total: f64 = weighted().map(|w| w.1).sum();
+        return draw(weighted(), total, rng).unwrap_or(top);
     }
+    let mut weights: Vec<(usize, f64)> = weighted().collect();
+    weights.sort_by(|a, b| b.1.total_cmp(&a.1));
     let total: f64 = weights.iter().map(|w| w.1).sum();
+    let mut before = 0.0;
+    // Keep a token while the mass before it is short of top_p (the first always stays).
+    let keep = weights
+        .iter()
+        .take_while(|w| {
+            let k = before < f64::from(top_p) * total;
+            before += w.1;
+            k
+        })
+        .count();
+    weights.truncate(keep.max(1));
+    let nucleus_total: f64 = weights.iter().map(|w| w.1).sum();
+    draw(weights.into_iter(), nucleus_total, rng).unwrap_or(top)
+}
+
+/// Inverts the cumulative sum of `weights` (index, weight > 0) at a uniform variate times `total`
+/// (their sum); the last index when rounding leaves the variate past the end, `None` for no weights.
+fn draw(weights: impl Iterator<Item = (usize, f64)>, total: f64, rng: &mut SplitMix64) -> Option<i64> {
     let mut u = rng.unit() * total;
-    for &(i, w) in &weights {
+    let mut last = None;
+    for (i, w) in weights {
         if u < w {
-            return i as i64;
+            return Some(i as i64);
         }
         u -= w;
+        last = Some(i as i64);
     }
-    weights.last().map_or(top, |w| w.0 as i64)
+    last
 }
 
 /// The lower median of `values` (not empty; NaN-free because answers are checked boxes).

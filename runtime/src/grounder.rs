@@ -647,7 +647,7 @@ impl Grounder {
         let mut results = Vec::with_capacity(queries.len());
         let rows = generated.tokens.chunks(samples).zip(generated.stopped.chunks(samples));
         for (query, (ids, stopped)) in queries.iter().zip(rows) {
-            let mut texts = Vec::with_capacity(samples);
+            let mut first_text = None;
             let mut answers = Vec::with_capacity(samples);
             let mut first_error = None;
             for sample in ids {
@@ -663,12 +663,13 @@ impl Grounder {
                         first_error.get_or_insert_with(|| e.to_string());
                     }
                 }
-                texts.push(text);
+                first_text.get_or_insert(text);
             }
-            let merged = if samples == 1 { answers.first().cloned() } else { consensus(&answers) };
+            // One answer is its own consensus (`consensus` returns it unchanged).
+            let merged = consensus(&answers);
             let text = match (&merged, samples) {
                 (Some(a), 2..) => protocol::format_answer(a),
-                _ => texts.swap_remove(0),
+                _ => first_text.unwrap_or_default(),
             };
             let (answer, error) = match merged {
                 Some(a) => match grounded_box(&a, &pre, camera) {
