@@ -107,46 +107,64 @@ impl Default for DecodingArgs {
 
 impl DecodingArgs {
     /// The decoding these flags ask for ([`Decoding::from_samples`]).
-    pub fn decoding(&self) -> Decoding {
-        Decoding::from_samples(self.samples, self.temperature, self.top_p, self.seed)
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] for `--samples 0` and for a temperature or top-p that
+    /// [`Decoding::validate`] refuses, whatever the sample count: a flag that is wrong is an
+    /// error even where greedy decoding would not use it.
+    pub fn decoding(&self) -> Result<Decoding> {
+        if self.samples == 0 {
+            return Err(Error::InvalidOptions("--samples must be at least 1 (1 = greedy decoding)".into()));
+        }
+        let checked = Decoding::Consensus {
+            samples: self.samples,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+        };
+        checked.validate()?;
+        Ok(Decoding::from_samples(self.samples, self.temperature, self.top_p, self.seed))
     }
 }
 
-/// The next token from one row of logits: never one of `banned`.
-pub(crate) fn pick_token(row: &[f32], banned: &[i64], decoding: &Decoding, rng: &mut SplitMix64) -> i64 {
-    match *decoding {
-        Decoding::Greedy => argmax(row, banned),
-        Decoding::Consensus { temperature, top_p, .. } => sample(row, banned, temperature, top_p, rng),
-    }
+/// The next token from one row of logits: never one of `banned`; `None` when no allowed logit is
+/// finite (a model that overflowed, e.g. in fp16, has nothing to decode).
+pub(crate) fn pick_token(
+    row: &[f32],
+    banned: &[i64],
+    decoding: &Decoding,
+    rng: &mut SplitMix64,
+) -> Option<i64> {
+    let top = argmax(row, banned)?;
+    Some(match *decoding {
+        Decoding::Greedy => top,
+        Decoding::Consensus { temperature, top_p, .. } => sample(row, top, banned, temperature, top_p, rng),
+    })
 }
 
-/// The largest logit's index, skipping `banned` (index 0 for an empty row). The grounder bans
-/// `<|image_pad|>` and `<|video_pad|>`: they stand for image features and are never answer text
-/// (the trainer's `answer_logits` bans them the same way, so greedy answers agree).
-pub(crate) fn argmax(row: &[f32], banned: &[i64]) -> i64 {
-    let mut best = 0usize;
+/// The largest finite logit's index, skipping `banned`; `None` when there is none. The grounder
+/// bans `<|image_pad|>` and `<|video_pad|>`: they stand for image features and are never answer
+/// text (the trainer's `answer_logits` bans them the same way, so greedy answers agree).
+fn argmax(row: &[f32], banned: &[i64]) -> Option<i64> {
+    let mut best = None;
     let mut best_v = f32::NEG_INFINITY;
     for (i, &v) in row.iter().enumerate() {
-        if v > best_v && !banned.contains(&(i as i64)) {
-            best = i;
+        if v.is_finite() && (best.is_none() || v > best_v) && !banned.contains(&(i as i64)) {
+            best = Some(i as i64);
             best_v = v;
         }
     }
-    best as i64
+    best
 }
 
-/// A draw from `softmax(row / temperature)` restricted to the nucleus `top_p`, never `banned`
-/// (a row whose allowed logits are all `-inf` or NaN falls back to [`argmax`]).
-fn sample(row: &[f32], banned: &[i64], temperature: f32, top_p: f32, rng: &mut SplitMix64) -> i64 {
-    let top = argmax(row, banned);
+/// A draw from `softmax(row / temperature)` restricted to the nucleus `top_p`, never `banned`;
+/// `top` is the row's [`argmax`] (the fallback when rounding leaves nothing to draw).
+fn sample(row: &[f32], top: i64, banned: &[i64], temperature: f32, top_p: f32, rng: &mut SplitMix64) -> i64 {
     let max = row.get(top as usize).copied().unwrap_or(0.0);
-    if !max.is_finite() {
-        return top;
-    }
     let weighted = || {
         row.iter()
             .enumerate()
-            .filter(|(i, _)| !banned.contains(&(*i as i64)))
+            .filter(|(i, v)| v.is_finite() && !banned.contains(&(*i as i64)))
             .map(|(i, &v)| (i, f64::from((v - max) / temperature).exp()))
             .filter(|(_, w)| *w > 0.0)
     };
@@ -156,16 +174,30 @@ fn sample(row: &[f32], banned: &[i64], temperature: f32, top_p: f32, rng: &mut S
         return draw(weighted(), total, rng).unwrap_or(top);
     }
     let mut weights: Vec<(usize, f64)> = weighted().collect();
-    weights.sort_by(|a, b| b.1.total_cmp(&a.1));
     let total: f64 = weights.iter().map(|w| w.1).sum();
+    let target = f64::from(top_p) * total;
+    // The nucleus is almost always a few tokens: order only the `k` heaviest, doubling `k` until
+    // they hold the target mass (exact: the nucleus is a prefix of the full descending order).
+    let by_weight = |a: &(usize, f64), b: &(usize, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let mut k = 64.min(weights.len());
+    loop {
+        if k < weights.len() {
+            weights.select_nth_unstable_by(k - 1, by_weight);
+        }
+        weights[..k].sort_by(by_weight);
+        if k == weights.len() || weights[..k].iter().map(|w| w.1).sum::<f64>() >= target {
+            break;
+        }
+        k = (2 * k).min(weights.len());
+    }
     let mut before = 0.0;
     // Keep a token while the mass before it is short of top_p (the first always stays).
-    let keep = weights
+    let keep = weights[..k]
         .iter()
         .take_while(|w| {
-            let k = before < f64::from(top_p) * total;
+            let keep = before < target;
             before += w.1;
-            k
+            keep
         })
         .count();
     weights.truncate(keep.max(1));
@@ -188,7 +220,10 @@ fn draw(weights: impl Iterator<Item = (usize, f64)>, total: f64, rng: &mut Split
     last
 }
 
-/// The lower median of `values` (not empty; NaN-free because answers are checked boxes).
+/// The lower median of `values` (not empty; NaN-free because answers are checked boxes): for an
+/// even count the smaller of the two middle values. Like any value between them it minimises the
+/// summed absolute error, and it is a value a sample wrote; it leans small by up to half the
+/// middle gap (a nearer depth, a smaller size), the convention the measured figures used.
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[(values.len() - 1) / 2]
@@ -235,10 +270,50 @@ mod tests {
         }
     }
 
+    /// [`sample`] with its argmax computed.
+    fn draw_one(row: &[f32], banned: &[i64], temperature: f32, top_p: f32, rng: &mut SplitMix64) -> i64 {
+        sample(row, argmax(row, banned).unwrap(), banned, temperature, top_p, rng)
+    }
+
     #[test]
-    fn argmax_skips_banned_ids() {
-        assert_eq!(argmax(&[0.0, 5.0, 1.0], &[]), 1);
-        assert_eq!(argmax(&[0.0, 5.0, 1.0], &[1]), 2);
+    fn argmax_skips_banned_ids_and_non_finite_logits() {
+        assert_eq!(argmax(&[0.0, 5.0, 1.0], &[]), Some(1));
+        assert_eq!(argmax(&[0.0, 5.0, 1.0], &[1]), Some(2));
+        assert_eq!(argmax(&[-3.0, f32::NAN, f32::INFINITY, -2.0], &[]), Some(3));
+        // Nothing finite and allowed: no token, for greedy and sampling alike.
+        let dead = [f32::NAN, f32::NEG_INFINITY, 4.0];
+        assert_eq!(argmax(&dead, &[2]), None);
+        let d = Decoding::Consensus { samples: 2, temperature: 1.0, top_p: 0.9, seed: 0 };
+        assert_eq!(pick_token(&dead, &[2], &d, &mut d.rng()), None);
+        assert_eq!(pick_token(&dead, &[2], &Decoding::Greedy, &mut d.rng()), None);
+    }
+
+    #[test]
+    fn the_partial_nucleus_draws_what_a_full_sort_draws() {
+        // A 5,000-token row: the k-heaviest selection must give exactly the draws of sorting
+        // the whole row, for nuclei of a few tokens and of thousands.
+        let row: Vec<f32> = (0..5_000).map(|i| ((i as f32 * 0.731).sin() * 6.0).round() / 2.0).collect();
+        let full = |top_p: f32, rng: &mut SplitMix64| {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut w: Vec<(usize, f64)> =
+                row.iter().enumerate().map(|(i, &v)| (i, f64::from(v - max).exp())).collect();
+            w.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let target = f64::from(top_p) * w.iter().map(|x| x.1).sum::<f64>();
+            let (mut before, mut keep) = (0.0, 0);
+            while keep < w.len() && before < target {
+                before += w[keep].1;
+                keep += 1;
+            }
+            w.truncate(keep.max(1));
+            let total = w.iter().map(|x| x.1).sum();
+            draw(w.into_iter(), total, rng).unwrap()
+        };
+        for top_p in [0.01, 0.3, 0.9, 0.999] {
+            let (mut a, mut b) = (SplitMix64::new(4), SplitMix64::new(4));
+            for _ in 0..200 {
+                assert_eq!(draw_one(&row, &[], 1.0, top_p, &mut a), full(top_p, &mut b), "top_p {top_p}");
+            }
+        }
     }
 
     #[test]
@@ -247,11 +322,11 @@ mod tests {
         let row = [0.0f32, 3f32.ln(), 50.0];
         let mut rng = SplitMix64::new(3);
         let n = 20_000;
-        let ones = (0..n).filter(|_| sample(&row, &[2], 1.0, 1.0, &mut rng) == 1).count();
+        let ones = (0..n).filter(|_| draw_one(&row, &[2], 1.0, 1.0, &mut rng) == 1).count();
         let share = ones as f64 / n as f64;
         assert!((share - 0.75).abs() < 0.015, "token 1 drawn {share:.3} of the time, expected 0.75");
         // A high temperature flattens: T = 1e6 gives nearly 1/2.
-        let ones = (0..n).filter(|_| sample(&row, &[2], 1e6, 1.0, &mut rng) == 1).count();
+        let ones = (0..n).filter(|_| draw_one(&row, &[2], 1e6, 1.0, &mut rng) == 1).count();
         assert!((ones as f64 / n as f64 - 0.5).abs() < 0.015);
     }
 
@@ -260,12 +335,12 @@ mod tests {
         // Probabilities 0.6, 0.3, 0.1: top_p 0.8 keeps the first two (0.6 < 0.8, 0.9 >= 0.8).
         let row = [0.6f32.ln(), 0.3f32.ln(), 0.1f32.ln()];
         let mut rng = SplitMix64::new(9);
-        let draws: Vec<i64> = (0..5_000).map(|_| sample(&row, &[], 1.0, 0.8, &mut rng)).collect();
+        let draws: Vec<i64> = (0..5_000).map(|_| draw_one(&row, &[], 1.0, 0.8, &mut rng)).collect();
         assert!(!draws.contains(&2));
         let ones = draws.iter().filter(|&&t| t == 1).count() as f64 / draws.len() as f64;
         assert!((ones - 1.0 / 3.0).abs() < 0.03, "renormalised 0.3 / 0.9, got {ones:.3}");
         // A tiny nucleus is greedy.
-        assert!((0..100).all(|_| sample(&row, &[], 1.0, 1e-6, &mut rng) == 0));
+        assert!((0..100).all(|_| draw_one(&row, &[], 1.0, 1e-6, &mut rng) == 0));
     }
 
     #[test]
@@ -303,7 +378,13 @@ mod tests {
 
     #[test]
     fn the_default_flags_decode_greedily() {
-        assert_eq!(DecodingArgs::default().decoding(), Decoding::Greedy);
+        assert_eq!(DecodingArgs::default().decoding().unwrap(), Decoding::Greedy);
+        let args = |samples, temperature, top_p| DecodingArgs { samples, temperature, top_p, seed: 0 };
+        // A wrong flag is refused even where greedy decoding would ignore it.
+        for bad in [args(0, 1.0, 1.0), args(1, 1.0, 7.0), args(1, -1.0, 1.0), args(4, f32::NAN, 1.0)] {
+            assert!(matches!(bad.decoding(), Err(Error::InvalidOptions(_))), "{bad:?}");
+        }
+        assert_eq!(args(1, 0.5, 0.9).decoding().unwrap(), Decoding::Greedy);
     }
 
     #[test]

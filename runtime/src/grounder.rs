@@ -91,14 +91,16 @@ pub struct Timings {
     pub new_tokens: usize,
     /// `new_tokens` per second of `decode_ms` (the prefill's first token included in the count).
     pub tokens_per_s: f64,
-    /// Decoder rows run together (queries times samples per query).
+    /// Decoder rows run together: queries times samples per query, or the samples of one query
+    /// when [`GrounderOptions::batch_queries`] is off.
     pub batch: usize,
 }
 
 /// A parsed answer in the camera's terms.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct GroundedBox {
-    /// `[x1, y1, x2, y2]` in camera (frame) pixels, clipped to the image.
+    /// `[x1, y1, x2, y2]` in camera (frame) pixels, clipped to the image when it overlaps it (a box
+    /// wholly outside the frame is kept as mapped, so a client can tell where the model pointed).
     pub bbox_2d_px: [f64; 4],
     /// `[x1, y1, x2, y2]` as the model wrote it, model-input pixels.
     pub bbox_2d_model_px: [f64; 4],
@@ -205,7 +207,9 @@ pub struct Grounder {
     /// The last frame's patch rows, handed back by [`Grounder::ground`] for the next frame to
     /// overwrite (`preprocess_image_reusing`).
     spare_pixels: Option<ndarray::Array2<f32>>,
-    /// The sampling generator; its state carries over from call to call.
+    /// The sampling generator; its state carries over from call to call. Each decoder row draws
+    /// from its own generator seeded from this one, in row order, so a row's tokens depend on its
+    /// own logits only (batched and one-query-at-a-time decoding write the same answers).
     rng: SplitMix64,
 }
 
@@ -380,9 +384,10 @@ impl Grounder {
 
     /// One decoder call: new embeddings `[B, S, D]`, mask `[B, T]`, positions `[3, B, S]`, and the
     /// cache (replaced by the presents). Returns the next token (greedy or sampled, as
-    /// [`GrounderOptions::decoding`] says, never one of `banned`) of each logits row in `pick`
-    /// (flat indices into the `B * S` rows), read in place: the `[B, S, V]` logits of a prefill
-    /// are the largest output and are never copied.
+    /// [`GrounderOptions::decoding`] says, never one of `banned`) of each `(logits row, output
+    /// row)` in `pick`: the logits row a flat index into the `B * S` rows, read in place (the
+    /// `[B, S, V]` logits of a prefill are the largest output and are never copied), the output
+    /// row the index of the generator in `rngs` it draws from.
     #[allow(clippy::too_many_arguments)]
     fn decoder_step(
         &mut self,
@@ -393,8 +398,9 @@ impl Grounder {
         new: usize,
         cache: &mut Vec<(DynValue, DynValue)>,
         clock: &mut Clock,
-        pick: &[usize],
+        pick: &[(usize, usize)],
         banned: &[i64],
+        rngs: &mut [SplitMix64],
     ) -> Result<Vec<i64>> {
         let g = "decoder";
         let d = usize::try_from(self.package.config.text.hidden_size).unwrap_or(0);
@@ -423,12 +429,15 @@ impl Grounder {
         let (_, data) = logits.try_extract_tensor::<f32>().map_err(|e| inference(g, e))?;
         let vocab = usize::try_from(self.package.config.text.vocab_size).unwrap_or(0).max(1);
         let decoding = self.options.decoding;
-        let rng = &mut self.rng;
         pick.iter()
-            .map(|&row| {
-                data.get(row * vocab..(row + 1) * vocab)
-                    .map(|r| pick_token(r, banned, &decoding, rng))
-                    .ok_or_else(|| inference(g, format!("logits have no row {row}")))
+            .map(|&(row, out)| {
+                let logits = data
+                    .get(row * vocab..(row + 1) * vocab)
+                    .ok_or_else(|| inference(g, format!("logits have no row {row}")))?;
+                let rng =
+                    rngs.get_mut(out).ok_or_else(|| inference(g, format!("no generator for row {out}")))?;
+                pick_token(logits, banned, &decoding, rng)
+                    .ok_or_else(|| inference(g, format!("logits row {row} has no finite allowed value")))
             })
             .collect()
     }
@@ -464,6 +473,10 @@ impl Grounder {
         if b == 0 || s == 0 || d == 0 || vocab == 0 {
             return Ok(Generated { tokens: vec![Vec::new(); b * n], stopped: vec![false; b * n] });
         }
+        if lens.contains(&0) {
+            return Err(inference("decoder", "an empty prompt has nothing to continue"));
+        }
+        let mut rngs: Vec<SplitMix64> = (0..b * n).map(|_| SplitMix64::new(self.rng.next_u64())).collect();
 
         // Prefill: padded ids, image rows substituted, 3-row positions, mask.
         let t_prefill = Instant::now();
@@ -511,10 +524,13 @@ impl Grounder {
             cache.push((k.into_dyn(), v.into_dyn()));
         }
         // Each prompt's last logits row, once per sample (independent draws when sampling).
-        let last_rows: Vec<usize> =
-            (0..b).flat_map(|r| std::iter::repeat_n(r * s + lens[r] - 1, n)).collect();
-        let mut next =
-            self.decoder_step(embeds, mask, positions, b, s, &mut cache, clock, &last_rows, &banned)?;
+        let last_rows: Vec<(usize, usize)> = (0..b)
+            .flat_map(|r| std::iter::repeat_n(r * s + lens[r] - 1, n))
+            .enumerate()
+            .map(|(out, row)| (row, out))
+            .collect();
+        let mut next = self
+            .decoder_step(embeds, mask, positions, b, s, &mut cache, clock, &last_rows, &banned, &mut rngs)?;
         let (b, lens, deltas) = if n > 1 {
             for (k, v) in &mut cache {
                 *k = repeat_rows(k, n)?;
@@ -533,7 +549,6 @@ impl Grounder {
         let max_new = self.options.max_new_tokens;
         let mut out = Generated { tokens: vec![Vec::new(); b], stopped: vec![false; b] };
         let mut cached = s;
-        let all_rows: Vec<usize> = (0..b).collect();
         for step in 0..max_new {
             let mut active = false;
             for r in 0..b {
@@ -563,7 +578,14 @@ impl Grounder {
                     positions[row * b + r] = pos;
                 }
             }
-            next = self.decoder_step(embeds, mask, positions, b, 1, &mut cache, clock, &all_rows, &banned)?;
+            // Only rows still writing pick a token (a finished row's is never read).
+            let live: Vec<(usize, usize)> = (0..b).filter(|&r| !out.stopped[r]).map(|r| (r, r)).collect();
+            let picked = self
+                .decoder_step(embeds, mask, positions, b, 1, &mut cache, clock, &live, &banned, &mut rngs)?;
+            next = vec![stop; b];
+            for (&(r, _), t) in live.iter().zip(picked) {
+                next[r] = t;
+            }
             cached = total;
         }
         timings.decode_ms = ms(t_decode.elapsed().as_secs_f64());

@@ -17,6 +17,11 @@ use tokenizers::Tokenizer;
 use crate::error::{Error, Result};
 use crate::model_config::Qwen25VlConfig;
 use crate::preprocess::{CLIP_MEAN, CLIP_STD, DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, PreprocessConfig};
+
+/// The largest `max_pixels` a package may ask for: 64 Mpx, five times Qwen2.5-VL's largest
+/// (16,384 merged tokens of 28 x 28 px), so a corrupt or hostile config cannot make one frame
+/// allocate gigabytes.
+pub const MAX_PACKAGE_PIXELS: usize = 64 << 20;
 use crate::protocol::{self, tokens};
 
 /// The package format this runtime reads (`monovlm.json` -> `package.format`).
@@ -259,15 +264,21 @@ impl ModelPackage {
             if let Some(s) = triple(pre.get("image_std")) {
                 preprocess.image_std = s;
             }
-            if preprocess.min_pixels == 0 || preprocess.min_pixels > preprocess.max_pixels {
-                return Err(package_err(
-                    &pre_path,
-                    format!(
-                        "min_pixels {} / max_pixels {} give no valid size",
-                        preprocess.min_pixels, preprocess.max_pixels
-                    ),
-                ));
-            }
+        }
+        // Checked whichever file set them: the preprocessor allocates up to about max_pixels
+        // per frame (and min_pixels when it upscales), so both must be sane.
+        if preprocess.min_pixels == 0
+            || preprocess.min_pixels > preprocess.max_pixels
+            || preprocess.max_pixels > MAX_PACKAGE_PIXELS
+        {
+            let source = if pre_path.is_file() { &pre_path } else { &meta_path };
+            return Err(package_err(
+                source,
+                format!(
+                    "min_pixels {} / max_pixels {} give no valid size (0 < min <= max <= {MAX_PACKAGE_PIXELS})",
+                    preprocess.min_pixels, preprocess.max_pixels
+                ),
+            ));
         }
 
         let tok_path = dir.join("tokenizer.json");

@@ -96,3 +96,20 @@ fn missing_and_broken_files_are_named() {
     assert!(e.contains("config.json") && e.contains("llava"), "{e}");
     assert!(error_of(&d.join("nowhere")).contains("not a directory"));
 }
+
+#[test]
+fn pixel_limits_are_checked_without_a_preprocessor_config() {
+    // The limits of monovlm.json alone: inverted, zero, or large enough to allocate gigabytes.
+    for (min, max) in [(1_000_000u64, 50_176u64), (0, 50_176), (3136, 1 << 40)] {
+        let tmp = tempfile::tempdir().unwrap();
+        package(tmp.path());
+        let path = tmp.path().join("monovlm.json");
+        let mut meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        meta["min_pixels"] = min.into();
+        meta["max_pixels"] = max.into();
+        std::fs::write(&path, meta.to_string()).unwrap();
+        assert!(!tmp.path().join("preprocessor_config.json").exists());
+        let err = error_of(tmp.path());
+        assert!(err.contains("monovlm.json") && err.contains("no valid size"), "{min}/{max}: {err}");
+    }
+}

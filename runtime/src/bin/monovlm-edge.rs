@@ -337,7 +337,7 @@ fn open_grounder(args: &RunArgs, devices: Vec<monovlm_runtime::session::Device>)
         },
         max_new_tokens: args.max_new_tokens,
         batch_queries: !args.no_batch,
-        decoding: args.decoding.decoding(),
+        decoding: args.decoding.decoding()?,
     };
     Grounder::open(&model, options).with_context(|| format!("--model {}", model.display()))
 }

@@ -419,7 +419,7 @@ fn predict_with_package(dataset: &Dataset, args: &EvalArgs, package: &Path) -> R
     monovlm_runtime::ortlib::init().context("loading ONNX Runtime")?;
     let options = GrounderOptions {
         session: SessionOptions { intra_threads: args.threads, ..SessionOptions::default() },
-        decoding: args.decoding.decoding(),
+        decoding: args.decoding.decoding()?,
         ..GrounderOptions::default()
     };
     let decoding = options.decoding;
