@@ -137,7 +137,8 @@ impl Box3d {
     ///
     /// Edges crossing the near plane are cut there, so boxes partly behind the camera project
     /// correctly (projecting their corners would flip the ones behind the camera). With lens
-    /// distortion the extremes are taken over the projected clipped edges' end points.
+    /// distortion the extremes are taken over the projected clipped edges' end points, leaving out
+    /// those beyond the lens model's valid radius ([`Intrinsics::project`] refuses them).
     pub fn project_to_box2d(&self, k: &Intrinsics) -> Option<Box2d> {
         let corners = self.corners();
         let mut lo = Point2::new(f64::INFINITY, f64::INFINITY);

@@ -83,6 +83,20 @@ impl Distortion {
         (xd, yd)
     }
 
+    /// True inside the radius where the radial model still grows outwards: the radial factor
+    /// and the distorted radius's derivative `d(r * radial) / dr` are both > 0 there (for `k1 < 0`
+    /// alone, `r^2 < 1 / (3 |k1|)`), and the Jacobian keeps its orientation. Beyond it a barrel
+    /// model folds back and maps rays onto the wrong side of the image. (The determinant alone
+    /// does not tell: where both factors are negative the map is a point reflection, det > 0.)
+    pub fn is_valid_at(&self, x: f64, y: f64) -> bool {
+        let r2 = x * x + y * y;
+        let radial = 1.0 + r2 * (self.k1 + r2 * (self.k2 + r2 * self.k3));
+        let dradial = self.k1 + r2 * (2.0 * self.k2 + 3.0 * self.k3 * r2);
+        let [[a, b], [c, d]] = self.jacobian(x, y);
+        let det = a * d - b * c;
+        radial > 0.0 && radial + 2.0 * r2 * dradial > 0.0 && det.is_finite() && det > 0.0
+    }
+
     /// Jacobian `d(xd, yd) / d(x, y)` as `[[dxd/dx, dxd/dy], [dyd/dx, dyd/dy]]`.
     fn jacobian(&self, x: f64, y: f64) -> [[f64; 2]; 2] {
         let r2 = x * x + y * y;
@@ -322,7 +336,9 @@ impl Intrinsics {
     }
 
     /// Pixel of the camera-frame point `p_cam`, or `None` when it is not in front of the camera
-    /// (`z < MIN_PROJECT_DEPTH_M`). The pixel may lie outside the image.
+    /// (`z < MIN_PROJECT_DEPTH_M`) or, with distortion, lies where the lens model folds
+    /// ([`Distortion::is_valid_at`] is false: far outside the field of view). The pixel may lie
+    /// outside the image.
     pub fn project(&self, p_cam: &Point3<f64>) -> Option<Point2<f64>> {
         // Also rejects NaN depths.
         if p_cam.z.is_nan() || p_cam.z < MIN_PROJECT_DEPTH_M {
@@ -331,6 +347,7 @@ impl Intrinsics {
         let x = (p_cam.x - self.tx_m) / p_cam.z;
         let y = (p_cam.y - self.ty_m) / p_cam.z;
         let (xd, yd) = match &self.distortion {
+            Some(d) if !d.is_valid_at(x, y) => return None,
             Some(d) => d.distort(x, y),
             None => (x, y),
         };

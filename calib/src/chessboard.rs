@@ -79,11 +79,19 @@ pub fn detect(img: &GrayImage, board: &Checkerboard) -> Result<Detection> {
         )));
     }
     let mut best: Option<Lattice> = None;
+    let mut degenerate = None;
     for seed in 0..candidates.len().min(MAX_SEEDS) {
         let Some(lattice) = grow(&candidates, seed) else { continue };
         let (a, b) = lattice.dims();
         if (a, b) == (board.cols(), board.rows()) || (a, b) == (board.rows(), board.cols()) {
-            let corners = number(&lattice, board, &smooth, w, h)?;
+            // A right-sized grid that cannot be numbered: another seed may grow a good one.
+            let corners = match number(&lattice, board, &smooth, w, h) {
+                Ok(corners) => corners,
+                Err(e) => {
+                    degenerate = Some(e);
+                    continue;
+                }
+            };
             let corners = corners
                 .iter()
                 .map(|p| {
@@ -102,6 +110,9 @@ pub fn detect(img: &GrayImage, board: &Checkerboard) -> Result<Detection> {
         if best.as_ref().is_none_or(|b| lattice.cells.len() > b.cells.len()) {
             best = Some(lattice);
         }
+    }
+    if let Some(e) = degenerate {
+        return Err(e);
     }
     let (a, b) = best.map_or((0, 0), |l| l.dims());
     Err(Error::BoardNotFound(format!(

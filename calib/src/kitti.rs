@@ -33,8 +33,35 @@ fn rows<const C: usize>(v: &[f64]) -> [[f64; C]; 3] {
     std::array::from_fn(|r| std::array::from_fn(|c| v[r * C + c]))
 }
 
+/// The keys [`KittiCalib::parse`] reads; any other line is skipped unparsed.
+const KEYS: [&str; 10] = [
+    "P0",
+    "P1",
+    "P2",
+    "P3",
+    "R0_rect",
+    "R_rect",
+    "Tr_velo_to_cam",
+    "Tr_velo_cam",
+    "Tr_imu_to_velo",
+    "Tr_imu_velo",
+];
+
+/// `v` as C's `%.12e` writes it (`7.215377000000e+02`: a signed exponent of at least two digits),
+/// the form KITTI's files use.
+fn c_exponent(v: f64) -> String {
+    let s = format!("{v:.12e}");
+    match s.split_once('e') {
+        Some((mantissa, exponent)) => {
+            let (sign, digits) = exponent.strip_prefix('-').map_or(("+", exponent), |d| ("-", d));
+            format!("{mantissa}e{sign}{digits:0>2}")
+        }
+        None => s,
+    }
+}
+
 fn fmt_values(name: &str, values: impl IntoIterator<Item = f64>) -> String {
-    let body: Vec<String> = values.into_iter().map(|v| format!("{v:.12e}")).collect();
+    let body: Vec<String> = values.into_iter().map(c_exponent).collect();
     format!("{name}: {}\n", body.join(" "))
 }
 
@@ -64,6 +91,9 @@ impl KittiCalib {
                 ));
             };
             let key = key.trim();
+            if !KEYS.contains(&key) {
+                continue; // other sensors' keys (and comments) are not ours to interpret
+            }
             let values = rest
                 .split_whitespace()
                 .map(|t| t.parse::<f64>().ok().filter(|v| v.is_finite()))
@@ -100,7 +130,7 @@ impl KittiCalib {
                     expect(12)?;
                     calib.tr_imu_to_velo = Some(rows::<4>(&values));
                 }
-                _ => {} // other sensors' keys are not ours to interpret
+                _ => {} // not in KEYS: skipped above
             }
         }
         for (i, m) in p.iter().enumerate() {

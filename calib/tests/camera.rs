@@ -183,3 +183,22 @@ fn yaw_is_wrapped_and_sizes_checked() {
     // Bottom face has the larger y (y points down).
     assert!(c[0].y > c[4].y);
 }
+
+#[test]
+fn projection_refuses_rays_where_the_lens_model_folds() {
+    // k1 = -0.28 alone: r_d = r (1 - 0.28 r^2) peaks at r^2 = 1 / 0.84, then turns back, so a ray
+    // at r = 3 would land on the wrong side of the image (r_d = -4.56).
+    let k = Intrinsics::new(1000.0, 1000.0, 640.0, 360.0, 1280, 720)
+        .expect("valid")
+        .with_distortion(Distortion::new(-0.28, 0.0, 0.0, 0.0, 0.0).expect("finite"));
+    let turn = (1.0f64 / 0.84).sqrt();
+    assert!(k.project(&Point3::new(3.0, 0.0, 1.0)).is_none(), "beyond the fold");
+    assert!(k.project(&Point3::new(1.01 * turn, 0.0, 1.0)).is_none());
+    let inside = k.project(&Point3::new(0.99 * turn, 0.0, 1.0)).expect("inside the valid radius");
+    assert!(inside.x > 640.0, "still on the ray's side: {inside}");
+    // A box beside the camera, cut at the near plane: its 2D box comes from the valid part only
+    // and stays on the box's side of the image (the fold would have thrown it to the far side).
+    let beside = Box3d::new(3.0, 0.5, 2.0, 4.0, 1.8, 1.5, 0.0).expect("valid");
+    let b = beside.project_to_box2d(&k).expect("visible").to_array();
+    assert!(b[0] > 640.0, "{b:?}");
+}

@@ -370,7 +370,7 @@ fn bad_files_give_errors_naming_file_and_field() {
     error_naming("  \n# only a comment\n", &opts, "format");
     error_naming("\u{0}\u{7f}PNG\r\n\u{1a}\n", &opts, "format");
     let written_ros = format_intrinsics(&cameras()[0], CalibFormat::Ros, "cam").unwrap();
-    error_naming(&written_ros, &kitti_opts().with_format(CalibFormat::Kitti), "camera_name");
+    error_naming(&written_ros, &kitti_opts().with_format(CalibFormat::Kitti), "missing P0"); // other keys are skipped, so no P0..P3
     error_naming(&kitti, &ReadOptions::default().with_format(CalibFormat::OpenCv), "image_width");
     let dir = scratch_dir("garbage");
     let path = dir.join("bad.yml");

@@ -43,8 +43,13 @@ fn real_p2_gives_the_intrinsics_and_back() {
         let ours = k.project(&pt).expect("in front");
         assert!((ours.x - h[0] / pt.z).abs() < 1e-9 && (ours.y - h[1] / pt.z).abs() < 1e-9);
     }
-    // The file round-trips through our writer.
-    assert_eq!(KittiCalib::parse(&calib.to_text(), "written").expect("valid"), calib);
+    // The file round-trips through our writer, which writes C's `%.12e` as KITTI's files do.
+    let text = calib.to_text();
+    assert_eq!(text, CALIB_000000, "byte for byte the KITTI file");
+    assert_eq!(KittiCalib::parse(&text, "written").expect("valid"), calib);
+    // Other sensors' keys and comments, whatever their values, are skipped.
+    let extra = format!("# written by a logger\n{CALIB_000000}Camera_model: pinhole fisheye\n");
+    assert_eq!(KittiCalib::parse(&extra, "extra").expect("valid"), calib);
 }
 
 #[test]

@@ -100,8 +100,7 @@ fn read_header(path: &Path, file_index: usize) -> Result<Vec<(String, Entry)>> {
             _ => return Err(malformed()),
         };
         let numel = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64)).ok_or_else(malformed)?;
-        if let Some(size) = dtype_size(&dtype)
-            && (end < begin || end - begin != numel * size)
+        if end < begin || dtype_size(&dtype).is_some_and(|size| numel.checked_mul(size) != Some(end - begin))
         {
             return Err(bad(format!(
                 "tensor {name}: {} data bytes for shape {shape:?} of {dtype}",
@@ -201,6 +200,9 @@ impl Checkpoint {
         let err = io_err(path);
         let mut f = File::open(path).map_err(&err)?;
         f.seek(SeekFrom::Start(entry.start)).map_err(&err)?;
+        if dtype_size(&entry.dtype).is_none() {
+            return Err(Error::TensorDtype { name: name.to_owned(), dtype: entry.dtype.clone() });
+        }
         let mut bytes = vec![0u8; (entry.end - entry.start) as usize];
         f.read_exact(&mut bytes).map_err(&err)?;
         let out: Vec<f32> = match entry.dtype.as_str() {

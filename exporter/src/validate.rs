@@ -331,9 +331,11 @@ impl Reference {
 /// Largest absolute difference, and the largest magnitude of `reference` (the scale the
 /// difference is judged against).
 pub fn max_abs_diff(actual: &[f32], reference: &[f32]) -> (f32, f32) {
-    let diff = actual.iter().zip(reference).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    // `f32::max` drops NaN, so a NaN anywhere is made infinite first: it must fail every check.
+    let finite = |v: f32| if v.is_nan() { f32::INFINITY } else { v };
+    let diff = actual.iter().zip(reference).map(|(a, b)| finite((a - b).abs())).fold(0.0f32, f32::max);
     let diff = if actual.len() == reference.len() { diff } else { f32::INFINITY };
-    (diff, reference.iter().map(|v| v.abs()).fold(0.0f32, f32::max))
+    (diff, reference.iter().map(|v| finite(v.abs())).fold(0.0f32, f32::max))
 }
 
 /// Agreement of a package with a fixture's golden outputs.

@@ -115,4 +115,33 @@ fn fp16_graphs_have_f16_weights_and_interfaces() {
         ModelProto::decode(std::fs::read(pkg.join(&files.vision_encoder)).unwrap().as_slice()).unwrap();
     assert_eq!(elem(&vision, "pixel_values"), DataType::Float as i32);
     assert_eq!(elem(&vision, "image_features"), DataType::Float16 as i32);
+    // Every plain RMSNorm squares and averages in f32 (in f16, x^2 overflows above 256): the
+    // ReduceMean's Mul reads a Cast to float.
+    let with_plain = tempfile::tempdir().unwrap();
+    let plain_pkg = with_plain.path().join("pkg");
+    let opts = ExportOptions { with_plain_decoder: true, ..opts };
+    export(&fixture("tiny_a"), &plain_pkg, &opts, &mut |_| {}).unwrap();
+    let mut norms = 0;
+    for path in std::fs::read_dir(plain_pkg.join("onnx")).unwrap().map(|e| e.unwrap().path()) {
+        if path.extension().is_none_or(|e| e != "onnx") {
+            continue;
+        }
+        let m = ModelProto::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
+        let nodes = &m.graph.as_ref().unwrap().node;
+        let producer = |name: &str| nodes.iter().find(|n| n.output.iter().any(|o| o == name));
+        for reduce in nodes.iter().filter(|n| n.op_type == "ReduceMean") {
+            let square = producer(&reduce.input[0]).unwrap();
+            assert_eq!(square.op_type, "Mul", "{}", path.display());
+            let cast = producer(&square.input[0]).unwrap();
+            let to = cast.attribute.iter().find(|a| a.name == "to").and_then(|a| a.i);
+            assert_eq!(
+                (cast.op_type.as_str(), to),
+                ("Cast", Some(DataType::Float as i64)),
+                "{}",
+                path.display()
+            );
+            norms += 1;
+        }
+    }
+    assert!(norms > 0, "the plain decoder has RMSNorms");
 }

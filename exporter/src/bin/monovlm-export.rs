@@ -63,7 +63,8 @@ struct Cli {
     #[arg(long)]
     force: bool,
     /// Run the package with ONNX Runtime afterwards: against the checkpoint's io.safetensors golden
-    /// outputs when present, and (fp16/int4) against an fp32 export of the same checkpoint.
+    /// outputs when present, and (int4) against an fp32 export of the same checkpoint. Not for
+    /// fp16, whose half-precision interfaces are meant for a GPU provider.
     #[arg(long)]
     validate: bool,
     /// Also write the decoder built from plain ONNX operators (benchmark baseline).
@@ -81,6 +82,11 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
     let cli = Cli::parse();
     let precision = Precision::from(cli.precision);
+    if cli.validate && precision == Precision::Fp16 {
+        // The CPU checks feed and read f32 tensors; an fp16 package's are f16 (checked before
+        // exporting, so nothing is written for a run that cannot finish).
+        bail!("--validate checks fp32 and int4 packages on the CPU; validate an fp16 package on its GPU");
+    }
     let opts = ExportOptions {
         precision,
         force: cli.force,

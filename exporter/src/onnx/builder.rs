@@ -140,14 +140,6 @@ impl TensorData {
         Self::from_bytes(DataType::Int64, dims, data.iter().flat_map(|v| v.to_le_bytes()).collect())
     }
 
-    /// An i32 tensor.
-    ///
-    /// # Errors
-    /// As [`TensorData::f32`].
-    pub fn i32(dims: &[i64], data: &[i32]) -> Result<Self> {
-        Self::from_bytes(DataType::Int32, dims, data.iter().flat_map(|v| v.to_le_bytes()).collect())
-    }
-
     /// A u8 tensor.
     ///
     /// # Errors
@@ -159,7 +151,7 @@ impl TensorData {
 
 /// Attribute constructors.
 pub mod attr {
-    use super::{AttributeProto, AttributeType, TensorData, TensorProto};
+    use super::{AttributeProto, AttributeType};
 
     fn base(name: &str, kind: AttributeType) -> AttributeProto {
         AttributeProto { name: name.to_owned(), r#type: kind as i32, ..Default::default() }
@@ -183,17 +175,6 @@ pub mod attr {
     /// An integer-list attribute.
     pub fn ints(name: &str, v: &[i64]) -> AttributeProto {
         AttributeProto { ints: v.to_vec(), ..base(name, AttributeType::Ints) }
-    }
-
-    /// A tensor attribute (e.g. `ConstantOfShape`'s `value`).
-    pub fn tensor(name: &str, t: &TensorData) -> AttributeProto {
-        let proto = TensorProto {
-            dims: t.dims.clone(),
-            data_type: t.dtype as i32,
-            raw_data: t.bytes.clone(),
-            ..Default::default()
-        };
-        AttributeProto { t: Some(proto), ..base(name, AttributeType::Tensor) }
     }
 }
 

@@ -119,13 +119,17 @@ impl GraphBuilder {
     }
 
     /// RMSNorm from plain operators: `gamma * x / sqrt(mean(x^2, -1) + eps)`, in the type of `x`.
+    /// The statistics are computed in f32 whatever `dtype` is, as transformers' `Qwen2RMSNorm`
+    /// does: in f16 `x^2` overflows for `|x| > 256`, which the residual stream's outliers reach.
     pub fn rms_norm(&mut self, x: &Value, gamma: &Value, eps: f32, dtype: DataType) -> Value {
-        let sq = self.mul(x, x);
+        let x32 = self.cast_if(x, dtype, DataType::Float);
+        let sq = self.mul(&x32, &x32);
         let ms = self.reduce_mean(&sq, &[-1], true);
-        let e = self.const_float(eps, dtype);
+        let e = self.const_float(eps, DataType::Float);
         let var = self.add(&ms, &e);
         let den = self.unary("Sqrt", &var);
-        let normed = self.div(x, &den);
+        let normed = self.div(&x32, &den);
+        let normed = self.cast_if(&normed, DataType::Float, dtype);
         self.mul(&normed, gamma)
     }
 
