@@ -169,7 +169,10 @@ pub fn build(ck: &Checkpoint, precision: Precision, attention: Attention) -> Res
             let keep = b.unsqueeze(&keep, &[1, 2]); // [B, 1, 1, T]
             let allowed = b.op("And", &[&causal, &keep], Vec::new()); // [B, 1, S, T]
             let zero_f = b.const_float(0.0, dtype);
-            let min = b.const_float(if dtype == DataType::Float16 { -65504.0 } else { f32::MIN }, dtype);
+            // The additive mask. In f16 it keeps headroom below the largest finite value: with
+            // -65504, a score under -16 would round the sum to -inf, and a padded row whose keys
+            // are all masked would soft-max to NaN (in f32, f32::MIN absorbs any score).
+            let min = b.const_float(if dtype == DataType::Float16 { -32768.0 } else { f32::MIN }, dtype);
             let additive = b.where_(&allowed, &zero_f, &min);
             let scale = b.const_float(1.0 / (hd as f32).sqrt(), dtype);
             AttnInputs::Decomposed { mask: additive, scale }
