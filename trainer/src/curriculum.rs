@@ -151,8 +151,10 @@ impl CurriculumConfig {
             }
             match s.kind {
                 StageKind::Grpo if s.reward.is_none() => return bad("a grpo stage needs a reward"),
-                StageKind::Grpo if s.grpo.group_size < 2 || s.grpo.prompts_per_step == 0 => {
-                    return bad("grpo needs group_size >= 2 and prompts_per_step >= 1");
+                StageKind::Grpo => {
+                    if let Some(problem) = s.grpo.problem() {
+                        return bad(&problem);
+                    }
                 }
                 StageKind::Sft if s.batch_size == 0 => return bad("batch_size must be positive"),
                 _ => {}
@@ -661,5 +663,28 @@ mod tests {
             )
             .is_err()
         );
+        // GRPO settings: a typo inside `grpo` is refused, and so are settings that cannot learn.
+        let grpo = |settings: &str| {
+            format!(
+                "[[stage]]\nname = \"g\"\nkind = \"grpo\"\nsteps = 10\nlr = 1e-4\n\
+                 reward = {{ kind = \"iou2d\" }}\ngrpo = {{ {settings} }}\n"
+            )
+        };
+        let e = toml::from_str::<CurriculumConfig>(&grpo("group_szie = 16")).unwrap_err().to_string();
+        assert!(e.contains("group_szie"), "{e}");
+        let ok: CurriculumConfig = toml::from_str(&grpo("group_size = 4")).unwrap();
+        ok.validate().unwrap();
+        for (settings, need) in [
+            ("temperature = 0.0", "temperature"),
+            ("top_p = 1.5", "top_p"),
+            ("clip_low = 1.0", "clip_low"),
+            ("dual_clip = 0.5", "dual_clip"),
+            ("kl_coef = -1.0", "kl_coef"),
+            ("group_size = 1", "group_size"),
+        ] {
+            let cfg: CurriculumConfig = toml::from_str(&grpo(settings)).unwrap();
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains("\"g\"") && e.contains(need), "{settings}: {e}");
+        }
     }
 }

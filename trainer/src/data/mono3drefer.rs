@@ -504,11 +504,6 @@ fn record_to_json(record: &Record) -> RecordJson {
     }
 }
 
-/// The record as a JSON object of `Mono3DRefer.json` (`label_2` as a Python list literal).
-pub fn record_to_json_value(record: &Record) -> Value {
-    serde_json::to_value(record_to_json(record)).unwrap_or(Value::Null)
-}
-
 /// Object categories of the test split (`test_instanceID_split.json`), as sets of `instanceID`s.
 ///
 /// An empty `multiple` means "every instance not in `unique`" (the reference evaluator tests

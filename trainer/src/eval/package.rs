@@ -36,8 +36,9 @@ pub struct PackagePredictions {
 /// batch (0 counts as 1). `on_record` is called after each record (progress).
 ///
 /// # Errors
-/// Unreadable images or calibration ([`crate::Error::Io`], [`crate::Error::Runtime`]), a
-/// description the protocol rejects, inference errors.
+/// Unreadable images or calibration ([`crate::Error::Io`], [`crate::Error::Runtime`]),
+/// inference errors. A description the protocol refuses is not an error: its line holds no
+/// boxes, only the reason as `text`, so the evaluator scores it as a format failure.
 pub fn predict_split(
     dataset: &Dataset,
     split: Split,
@@ -65,12 +66,25 @@ pub fn predict_split(
             captured: Instant::now(),
         };
         for chunk in recs.chunks(batch.max(1)) {
-            let queries = chunk
-                .iter()
-                .map(|r| Query::new(&r.description))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            let groundings = grounder.ground(&frame, &queries, &camera)?;
-            for (r, g) in chunk.iter().zip(&groundings) {
+            // A description the protocol refuses (too long, control characters, chat-template
+            // markers) is a sample like any other: written as an answerless line, so the evaluator
+            // scores it IoU 0 in every denominator instead of the whole run stopping.
+            let queries: Vec<_> = chunk.iter().map(|r| Query::new(&r.description)).collect();
+            let valid: Vec<Query> = queries.iter().filter_map(|q| q.as_ref().ok().cloned()).collect();
+            let mut groundings = grounder.ground(&frame, &valid, &camera)?.into_iter();
+            for (r, q) in chunk.iter().zip(&queries) {
+                if let Err(e) = q {
+                    let text = format!("the protocol refused the description: {e}");
+                    lines.push(
+                        json!({ "instance_id": r.instance_id, "ann_id": r.ann_id, "text": text }).to_string(),
+                    );
+                    on_record();
+                    continue;
+                }
+                let g = groundings.next().ok_or_else(|| monovlm_runtime::Error::Inference {
+                    graph: "decoder",
+                    message: "fewer groundings than queries".into(),
+                })?;
                 new_tokens += g.tokens;
                 let line = match &g.answer {
                     Some(b) => json!({

@@ -24,7 +24,7 @@ use reward::{RewardConfig, RewardParts, Target, reward};
 
 /// GRPO hyper-parameters (defaults: EasyR1's).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct GrpoConfig {
     /// Samples per prompt (G).
     pub group_size: usize,
@@ -36,7 +36,8 @@ pub struct GrpoConfig {
     pub max_new_tokens: usize,
     /// Prompts per rollout batch.
     pub prompts_per_step: usize,
-    /// Optimisation steps per rollout batch (the batch is split into this many mini-batches).
+    /// Optimisation steps per rollout batch, at most: the groups with signal are split into
+    /// mini-batches of `ceil(groups / updates)`, which can make fewer.
     pub updates_per_rollout: usize,
     /// Lower clip `1 - clip_low` of the probability ratio.
     pub clip_low: f64,
@@ -68,6 +69,30 @@ impl Default for GrpoConfig {
             adv_eps: 1e-6,
             max_grad_norm: 1.0,
         }
+    }
+}
+
+impl GrpoConfig {
+    /// What is wrong with these settings, if anything: each must allow a stage to learn (a zero
+    /// temperature, say, makes every group's answers identical, so no group has signal).
+    pub fn problem(&self) -> Option<String> {
+        let finite = |v: f64| v.is_finite();
+        let problems = [
+            (self.group_size < 2 || self.prompts_per_step == 0, "group_size >= 2 and prompts_per_step >= 1"),
+            (!(finite(self.temperature) && self.temperature > 0.0), "temperature > 0"),
+            (!(self.top_p > 0.0 && self.top_p <= 1.0), "top_p in (0, 1]"),
+            (
+                self.max_new_tokens == 0 || self.updates_per_rollout == 0,
+                "max_new_tokens and updates_per_rollout >= 1",
+            ),
+            (!(self.clip_low >= 0.0 && self.clip_low < 1.0), "clip_low in [0, 1)"),
+            (!(finite(self.clip_high) && self.clip_high >= 0.0), "clip_high >= 0"),
+            (!(finite(self.dual_clip) && self.dual_clip > 1.0), "dual_clip > 1"),
+            (!(finite(self.kl_coef) && self.kl_coef >= 0.0), "kl_coef >= 0"),
+            (!(finite(self.adv_eps) && self.adv_eps >= 0.0), "adv_eps >= 0"),
+            (!(finite(self.max_grad_norm) && self.max_grad_norm > 0.0), "max_grad_norm > 0"),
+        ];
+        problems.iter().find(|(bad, _)| *bad).map(|(_, need)| format!("grpo needs {need}"))
     }
 }
 
@@ -324,7 +349,8 @@ pub fn grpo_step(
     m.kl = kl_sum / tok;
     m.clip_frac = clip_sum / tok;
     m.entropy = ent_sum / tok;
-    m.loss = loss_sum / updates as f64;
+    // The mini-batches actually run: `per` groups each, so possibly fewer than `updates`.
+    m.loss = loss_sum / groups.len().div_ceil(per) as f64;
     Ok(m)
 }
 

@@ -34,11 +34,6 @@ pub enum RewardKind {
 }
 
 impl RewardKind {
-    /// Stage 2 with the default `beta` (0.5 per metre).
-    pub fn centre() -> Self {
-        Self::Centre { beta: 0.5 }
-    }
-
     /// Stage 3 with default betas and equal weights.
     pub fn compound() -> Self {
         Self::Compound { beta_loc: 0.5, beta_size: 2.0, weights: [1.0; 4] }

@@ -112,7 +112,6 @@ impl Qwen25Vl {
             .collect();
         // `active[i]`: which sample batch row i decodes.
         let mut active: Vec<usize> = (0..samples).collect();
-        let stop = Tensor::from_slice(&sampling.stop_tokens);
         for step in 0..sampling.max_new_tokens {
             let (next, logp) = pick(&logits, sampling);
             let next_v: Vec<i64> = Vec::<i64>::try_from(&next)?;
@@ -128,7 +127,6 @@ impl Qwen25Vl {
                     keep.push(row as i64);
                 }
             }
-            let _ = &stop;
             if keep.is_empty() || step + 1 == sampling.max_new_tokens {
                 break;
             }

@@ -52,7 +52,7 @@ impl AdamW {
     }
 
     /// One update with learning rate `lr` from the gradients currently held by the parameters
-    /// (parameters without a gradient keep their moments and only decay, as in PyTorch they are skipped).
+    /// (parameters without a gradient are skipped, moments and weight decay alike, as in PyTorch).
     ///
     /// # Errors
     /// [`Error::ModelInput`] when the store's trainable parameters changed since construction.
@@ -102,7 +102,10 @@ impl AdamW {
     /// [`Error::MissingTensor`] / [`Error::TensorShape`] when it does not fit these parameters.
     pub fn load_state(&mut self, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
         let step = tensors.get("step").ok_or_else(|| Error::MissingTensor { name: "step".into() })?;
-        self.step = step.int64_value(&[0]);
+        if step.numel() != 1 {
+            return Err(Error::TensorShape { name: "step".into(), expected: vec![1], found: step.size() });
+        }
+        let first_step = step.reshape([1]).f_int64_value(&[0])?;
         tch::no_grad(|| -> Result<()> {
             for (name, m, v) in &mut self.state {
                 for (suffix, dst) in [("exp_avg", m), ("exp_avg_sq", v)] {
@@ -119,7 +122,9 @@ impl AdamW {
                 }
             }
             Ok(())
-        })
+        })?;
+        self.step = first_step;
+        Ok(())
     }
 }
 

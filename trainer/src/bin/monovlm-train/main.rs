@@ -307,7 +307,8 @@ fn load(data: &Path, strict: bool) -> Result<Dataset> {
 }
 
 fn data_check(args: &CheckArgs) -> Result<()> {
-    let dataset = load(&args.data, args.strict)?;
+    // Always read leniently, so every problem is listed; --strict fails after the listing.
+    let dataset = load(&args.data, false)?;
     let report = dataset.report();
     say!("dataset {}", args.data.display());
     say!(

@@ -1,4 +1,5 @@
-//! `init`, `sft` and `bench`: the model commands of `monovlm-train`.
+//! `init`, `sft`, `pretrain-vision`, `probe`, `bench`, `curriculum` and `ablation`: the model
+//! commands of `monovlm-train`.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -166,7 +167,6 @@ pub struct PretrainVisionArgs {
     seed: u64,
 }
 
-/// Arguments of `bench`.
 /// Arguments of `probe`.
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
@@ -190,6 +190,7 @@ pub struct ProbeArgs {
     threads: i32,
 }
 
+/// Arguments of `bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// libtorch threads (the reference is measured with 1).
