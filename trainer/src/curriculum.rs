@@ -197,7 +197,7 @@ pub struct MetricsLine {
     /// SFT loss (SFT stages).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sft_loss: Option<f64>,
-    /// GRPO metrics (GRPO stages; for SFT stages only `step` and `grad_norm` are set).
+    /// GRPO metrics (GRPO stages; for SFT stages only `step`, `loss` and `grad_norm` are set).
     #[serde(flatten)]
     pub grpo: StepMetrics,
     /// Seconds for the whole step.
