@@ -12,6 +12,14 @@ use crate::error::{Error, Result};
 /// The near plane (metres, camera z) at which box edges are clipped before projection.
 pub const NEAR_PLANE_M: f64 = 0.05;
 
+/// Intervals each box edge is sampled at when projecting through a distorted lens (a distorted
+/// edge bends, so its end points no longer bound its image).
+pub const DISTORTED_EDGE_SAMPLES: usize = 16;
+
+/// Bisection steps locating where an edge leaves the lens model's valid radius (2^-30 of a sample
+/// interval: far below a pixel).
+const BISECTION_STEPS: usize = 30;
+
 /// Wraps an angle to `(-pi, pi]`; angles already there are returned unchanged (bit for bit).
 ///
 /// # Example
@@ -137,32 +145,70 @@ impl Box3d {
     ///
     /// Edges crossing the near plane are cut there, so boxes partly behind the camera project
     /// correctly (projecting their corners would flip the ones behind the camera). With lens
-    /// distortion the extremes are taken over the projected clipped edges' end points, leaving out
-    /// those beyond the lens model's valid radius ([`Intrinsics::project`] refuses them).
+    /// distortion, edges are no longer straight in the image, so each clipped edge is sampled at
+    /// [`DISTORTED_EDGE_SAMPLES`] intervals; where an edge leaves the lens model's valid radius
+    /// ([`Intrinsics::project`] refuses those rays: they lie far outside the field of view), the
+    /// last valid point is found by bisection, so a box reaching out of the view extends to the
+    /// image border instead of shrinking to its corners inside the valid radius.
     pub fn project_to_box2d(&self, k: &Intrinsics) -> Option<Box2d> {
         let corners = self.corners();
         let mut lo = Point2::new(f64::INFINITY, f64::INFINITY);
         let mut hi = Point2::new(f64::NEG_INFINITY, f64::NEG_INFINITY);
-        let mut grow = |p: &Point3<f64>| {
-            if let Some(px) = k.project(p) {
-                lo = lo.inf(&px);
-                hi = hi.sup(&px);
-            }
+        let mut grow = |px: Point2<f64>| {
+            lo = lo.inf(&px);
+            hi = hi.sup(&px);
         };
         for (a, b) in BOX_EDGES {
-            let (pa, pb) = (corners[a], corners[b]);
-            let (ina, inb) = (pa.z >= NEAR_PLANE_M, pb.z >= NEAR_PLANE_M);
-            if ina {
-                grow(&pa);
+            let (mut pa, mut pb) = (corners[a], corners[b]);
+            match (pa.z >= NEAR_PLANE_M, pb.z >= NEAR_PLANE_M) {
+                (false, false) => continue,
+                (true, true) => {}
+                (ina, _) => {
+                    let t = (NEAR_PLANE_M - pa.z) / (pb.z - pa.z);
+                    let mut cut = pa + (pb - pa) * t;
+                    cut.z = NEAR_PLANE_M;
+                    if ina {
+                        pb = cut;
+                    } else {
+                        pa = cut;
+                    }
+                }
             }
-            if inb {
-                grow(&pb);
+            if k.distortion().is_none() {
+                // A pinhole maps the segment to a segment: its end points bound it.
+                for p in [pa, pb] {
+                    if let Some(px) = k.project(&p) {
+                        grow(px);
+                    }
+                }
+                continue;
             }
-            if ina != inb {
-                let t = (NEAR_PLANE_M - pa.z) / (pb.z - pa.z);
-                let mut cut = pa + (pb - pa) * t;
-                cut.z = NEAR_PLANE_M;
-                grow(&cut);
+            let at = |t: f64| pa + (pb - pa) * t;
+            let mut prev: Option<(f64, bool)> = None;
+            for i in 0..=DISTORTED_EDGE_SAMPLES {
+                let t = i as f64 / DISTORTED_EDGE_SAMPLES as f64;
+                let px = k.project(&at(t));
+                if let Some(px) = px {
+                    grow(px);
+                }
+                if let Some((t_prev, valid_prev)) = prev
+                    && valid_prev != px.is_some()
+                {
+                    // Bisect between the valid and the refused sample for the last valid point.
+                    let (mut t_ok, mut t_bad) = if valid_prev { (t_prev, t) } else { (t, t_prev) };
+                    for _ in 0..BISECTION_STEPS {
+                        let mid = 0.5 * (t_ok + t_bad);
+                        if k.project(&at(mid)).is_some() {
+                            t_ok = mid;
+                        } else {
+                            t_bad = mid;
+                        }
+                    }
+                    if let Some(px) = k.project(&at(t_ok)) {
+                        grow(px);
+                    }
+                }
+                prev = Some((t, px.is_some()));
             }
         }
         if !(lo.x.is_finite() && lo.y.is_finite() && hi.x.is_finite() && hi.y.is_finite()) {

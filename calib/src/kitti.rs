@@ -204,6 +204,24 @@ pub struct KittiLabel {
     pub score: Option<f64>,
 }
 
+/// KITTI's difficulty levels, as exclusive categories: the easiest one a label meets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum Difficulty {
+    /// 2D height >= 40 px, truncation <= 0.15, occlusion 0.
+    Easy,
+    /// 2D height >= 25 px, truncation <= 0.3, occlusion <= 1.
+    Moderate,
+    /// 2D height >= 25 px, truncation <= 0.5, occlusion <= 2.
+    Hard,
+}
+
+/// The thresholds of each level: minimum 2D height (px), maximum truncation, maximum occlusion.
+const DIFFICULTY_LEVELS: [(Difficulty, f64, f64, i8); 3] = [
+    (Difficulty::Easy, 40.0, 0.15, 0),
+    (Difficulty::Moderate, 25.0, 0.3, 1),
+    (Difficulty::Hard, 25.0, 0.5, 2),
+];
+
 /// The names of the 15 label fields, for error messages.
 const LABEL_FIELDS: [&str; 16] = [
     "type",
@@ -225,6 +243,19 @@ const LABEL_FIELDS: [&str; 16] = [
 ];
 
 impl KittiLabel {
+    /// The easiest KITTI difficulty level the label meets, `None` when it meets none. The height is
+    /// `y2 - y1` (the exclusive-edge convention of the KITTI devkit; the Mono3DVG code adds 1
+    /// pixel, which only matters for boxes 24 or 39 px high).
+    pub fn difficulty(&self) -> Option<Difficulty> {
+        let height_px = self.bbox.height();
+        DIFFICULTY_LEVELS
+            .iter()
+            .find(|(_, min_h, max_trunc, max_occ)| {
+                height_px >= *min_h && self.truncated <= *max_trunc && (0..=*max_occ).contains(&self.occluded)
+            })
+            .map(|(d, ..)| *d)
+    }
+
     /// Parses one label line.
     ///
     /// # Errors

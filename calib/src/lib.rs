@@ -31,7 +31,7 @@ pub mod undistort;
 
 pub use board::Checkerboard;
 pub use box2d::{Box2d, iou_2d};
-pub use box3d::{BOX_EDGES, Box3d, NEAR_PLANE_M, wrap_angle};
+pub use box3d::{BOX_EDGES, Box3d, DISTORTED_EDGE_SAMPLES, NEAR_PLANE_M, wrap_angle};
 pub use camera::{Distortion, Intrinsics, MIN_PROJECT_DEPTH_M, ResizeMap};
 pub use error::{Error, Result};
 pub use iou3d::{bev_intersection_area, iou_3d, iou3d_mono3dvg};

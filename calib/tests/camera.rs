@@ -202,3 +202,56 @@ fn projection_refuses_rays_where_the_lens_model_folds() {
     let b = beside.project_to_box2d(&k).expect("visible").to_array();
     assert!(b[0] > 640.0, "{b:?}");
 }
+
+#[test]
+fn a_box_reaching_past_the_lens_fold_extends_to_the_image_border() {
+    // The same barrel lens; a box beside the camera from x = 0.2 m to 4 m at 1.5-3 m depth. Its
+    // corners at x = 0.2 m are in view, those at x = 4 m beyond the fold (x / z >= 1.33 against
+    // the fold's 1.09), so the box runs out of the view to the right: its 2D box must reach the
+    // right border, not end at the in-view corners (about 70-130 px right of the centre).
+    let k = Intrinsics::new(1000.0, 1000.0, 640.0, 360.0, 1280, 720)
+        .expect("valid")
+        .with_distortion(Distortion::new(-0.28, 0.0, 0.0, 0.0, 0.0).expect("finite"));
+    let long = Box3d::new(2.1, 0.5, 2.25, 3.8, 1.5, 1.5, 0.0).expect("valid");
+    let corners_in_view = long.project_corners(&k).iter().filter(|c| c.is_some()).count();
+    assert_eq!(corners_in_view, 4, "the test needs corners on both sides of the fold");
+    let b = long.project_to_box2d(&k).expect("visible").to_array();
+    assert!(b[0] > 640.0 && b[0] < 720.0, "left edge at the near corners: {b:?}");
+    assert_eq!(b[2], 1280.0, "right edge at the border: {b:?}");
+    // Without distortion the same box also runs off the right border (a cross-check of the
+    // geometry, not of the lens code).
+    let pinhole = Intrinsics::new(1000.0, 1000.0, 640.0, 360.0, 1280, 720).expect("valid");
+    assert_eq!(long.project_to_box2d(&pinhole).expect("visible").to_array()[2], 1280.0);
+}
+
+#[test]
+fn a_distorted_box_bounds_its_bent_edges() {
+    // A wide box straight ahead seen through a barrel lens (k1 < 0, well inside its fold): the
+    // corners are pulled towards the centre more than the edges' middles, so the edges bow
+    // outwards and the corners alone under-bound its image. The 2D box must contain the projection of every
+    // point of every edge (sampled 1,000 times here, independently of the function's sampling),
+    // to within half a pixel.
+    let k = Intrinsics::new(1000.0, 1000.0, 640.0, 360.0, 1280, 720)
+        .expect("valid")
+        .with_distortion(Distortion::new(-0.12, 0.0, 0.0, 0.0, 0.0).expect("finite"));
+    let b3 = Box3d::new(0.0, 0.2, 8.0, 2.0, 5.0, 2.4, FRAC_PI_2).expect("valid");
+    let b = b3.project_to_box2d(&k).expect("visible").to_array();
+    let corners = b3.corners();
+    let (mut top_corner, mut top_edge) = (f64::INFINITY, f64::INFINITY);
+    for (i, j) in BOX_EDGES {
+        for s in 0..=1000 {
+            let t = f64::from(s) / 1000.0;
+            let px = k.project(&(corners[i] + (corners[j] - corners[i]) * t)).expect("in view");
+            top_edge = top_edge.min(px.y);
+            if s == 0 || s == 1000 {
+                top_corner = top_corner.min(px.y);
+            }
+            let (x, y) = (px.x.clamp(0.0, 1280.0), px.y.clamp(0.0, 720.0));
+            assert!(
+                x >= b[0] - 0.5 && x <= b[2] + 0.5 && y >= b[1] - 0.5 && y <= b[3] + 0.5,
+                "{px} outside {b:?}"
+            );
+        }
+    }
+    assert!(top_corner - top_edge > 2.0, "the edges must bow past the corners for this test to bite");
+}

@@ -91,7 +91,7 @@ fn tiny_b_int4_runs_close_to_fp32() {
 /// optimisation (`scripts/reference/onnx_check.py` runs them at the extended level).
 #[test]
 fn fp16_graphs_have_f16_weights_and_interfaces() {
-    use monovlm_exporter::onnx::proto::{DataType, ModelProto, TypeProtoValue};
+    use monovlm_exporter::onnx::proto::{DataType, ModelProto, NodeProto, TypeProtoValue};
     use prost::Message;
     let dir = tempfile::tempdir().unwrap();
     let pkg = dir.path().join("pkg");
@@ -121,7 +121,7 @@ fn fp16_graphs_have_f16_weights_and_interfaces() {
     let plain_pkg = with_plain.path().join("pkg");
     let opts = ExportOptions { with_plain_decoder: true, ..opts };
     export(&fixture("tiny_a"), &plain_pkg, &opts, &mut |_| {}).unwrap();
-    let mut norms = 0;
+    let (mut norms, mut softmaxes) = (0, 0);
     for path in std::fs::read_dir(plain_pkg.join("onnx")).unwrap().map(|e| e.unwrap().path()) {
         if path.extension().is_none_or(|e| e != "onnx") {
             continue;
@@ -142,6 +142,19 @@ fn fp16_graphs_have_f16_weights_and_interfaces() {
             );
             norms += 1;
         }
+        // Every soft-max (the plain decoder's and the vision tower's attention) reads its scores
+        // in f32, the mask added after the cast, and its probabilities are cast back to f16.
+        for softmax in nodes.iter().filter(|n| n.op_type == "Softmax") {
+            let add = producer(&softmax.input[0]).unwrap();
+            assert_eq!(add.op_type, "Add", "{}", path.display());
+            let cast_to = |n: &NodeProto| n.attribute.iter().find(|a| a.name == "to").and_then(|a| a.i);
+            let cast = add.input.iter().filter_map(|i| producer(i)).find(|n| n.op_type == "Cast").unwrap();
+            assert_eq!(cast_to(cast), Some(DataType::Float as i64), "{}", path.display());
+            let back = nodes.iter().find(|n| n.input.first() == softmax.output.first()).unwrap();
+            assert_eq!((back.op_type.as_str(), cast_to(back)), ("Cast", Some(DataType::Float16 as i64)));
+            softmaxes += 1;
+        }
     }
     assert!(norms > 0, "the plain decoder has RMSNorms");
+    assert!(softmaxes > 0, "the plain decoder and the vision tower have soft-maxes");
 }

@@ -8,6 +8,7 @@
 //! - `checkpoint/`: the latest state (model + `train/` with optimiser and progress), rewritten
 //!   atomically every `checkpoint_every` steps and at stage ends;
 //! - `stage-{i}-{name}/`: the model after each stage (the next stage's start and KL reference);
+//! - `curriculum.toml`: the curriculum the run started with (a resume must pass the same one);
 //! - `metrics.jsonl`, `eval.jsonl`; `plots/stage-{i}-{name}.png`; `summary.md`.
 
 use std::collections::BTreeMap;
@@ -229,6 +230,9 @@ pub struct RunInputs<'a> {
     pub out: &'a Path,
     /// Device of the weights.
     pub device: Device,
+    /// Dtype of the weights while training and in the saved checkpoints (the optimiser state is
+    /// saved in f32 whatever it is; log-probabilities are computed in f32).
+    pub kind: Kind,
     /// Continue from `out/checkpoint/`.
     pub resume: bool,
 }
@@ -286,6 +290,7 @@ pub fn run(
     let latest = out.join("checkpoint");
     let (mut stage_idx, mut first_step, mut resumed_opt) = (0usize, 0usize, None);
     if inputs.resume {
+        check_same_curriculum(cfg, out)?;
         if let Some((opt_state, state)) = checkpoint::read_train_state(&latest)? {
             let p: Progress = serde_json::from_value(state.progress)
                 .map_err(|e| Error::Json { path: latest.join("train/state.json"), message: e.to_string() })?;
@@ -297,6 +302,7 @@ pub fn run(
             out.display()
         )));
     }
+    write_curriculum(cfg, out)?;
     let mut evals = read_evals(out)?;
     evals.retain(|e| e.stage < stage_idx);
     let mut meta = MonovlmMeta::read(inputs.base)?.unwrap_or_else(|| MonovlmMeta::new(&Default::default()));
@@ -311,25 +317,24 @@ pub fn run(
             stage_dir(out, stage_idx - 1, &cfg.stages[stage_idx - 1])
         };
         // The model: the latest checkpoint when resuming inside this stage, else the stage start.
+        // A LoRA stage always loads its start (the latest checkpoint holds merged weights) and
+        // takes its adapters from the saved training state.
         let resuming_here = first_step > 0 && resumed_opt.is_some();
-        let mut model =
-            Qwen25Vl::load(if resuming_here { &latest } else { &start_dir }, inputs.device, Kind::Float)?;
+        let load_from = if resuming_here && cfg.lora_rank == 0 { &latest } else { &start_dir };
+        let mut model = Qwen25Vl::load(load_from, inputs.device, inputs.kind)?;
         if let Some(m) = MonovlmMeta::read(&start_dir)? {
             meta = m;
         }
         let reference = match stage.kind {
             StageKind::Grpo if cfg.lora_rank > 0 => Some(Reference::AdaptersOff),
             StageKind::Grpo => {
-                Some(Reference::Frozen(Box::new(Qwen25Vl::load(&start_dir, inputs.device, Kind::Float)?)))
+                Some(Reference::Frozen(Box::new(Qwen25Vl::load(&start_dir, inputs.device, inputs.kind)?)))
             }
             StageKind::Sft => None,
         };
         if cfg.lora_rank > 0 {
-            if resuming_here {
-                return Err(Error::InvalidConfig(
-                    "resuming inside a LoRA stage is not supported; restart the stage".into(),
-                ));
-            }
+            // Fresh adapters are drawn from (seed, stage), so a stage starts the same every time.
+            tch::manual_seed((cfg.seed as i64) ^ ((stage_idx as i64) << 32) ^ LORA_INIT_SALT);
             model.attach_lora(&LoraConfig {
                 rank: cfg.lora_rank,
                 alpha: cfg.lora_alpha,
@@ -339,6 +344,9 @@ pub fn run(
         let adamw = AdamWConfig { weight_decay: stage.weight_decay, ..AdamWConfig::default() };
         let mut opt = AdamW::new(model.params(), adamw);
         if let (true, Some(state)) = (resuming_here, resumed_opt.take()) {
+            if cfg.lora_rank > 0 {
+                model.load_adapters(&state, ADAPTER_PREFIX)?;
+            }
             opt.load_state(&state)?;
         }
         observer.stage_started(stage_idx, stage, first_step);
@@ -426,7 +434,7 @@ pub fn run(
             details: serde_json::json!({ "kind": stage.kind, "lr": stage.lr, "reward": stage.reward, "grpo": stage.grpo }),
         });
         let opts = SaveOptions {
-            dtype: Kind::Float,
+            dtype: inputs.kind,
             tokenizer_from: Some(inputs.base),
             meta: &meta,
             train: None,
@@ -463,14 +471,53 @@ fn save_latest(
     latest: &Path,
 ) -> Result<()> {
     let state = TrainState { progress: serde_json::to_value(&progress).unwrap_or_default() };
+    // The adapters travel with the optimiser state: the saved weights have them merged in.
+    let mut tensors = opt.state_tensors();
+    tensors.extend(model.adapter_tensors().into_iter().map(|(n, t)| (format!("{ADAPTER_PREFIX}{n}"), t)));
     let opts = SaveOptions {
-        dtype: Kind::Float,
+        dtype: inputs.kind,
         tokenizer_from: Some(inputs.base),
         meta,
-        train: Some((opt.state_tensors(), state)),
+        train: Some((tensors, state)),
         max_shard_bytes: 4 << 30,
     };
     checkpoint::save(model, latest, opts)
+}
+
+/// Name prefix of the LoRA adapter tensors in a checkpoint's `train/optimizer.safetensors`.
+const ADAPTER_PREFIX: &str = "adapter:";
+
+/// Mixed into the seed that draws a stage's fresh LoRA adapters.
+const LORA_INIT_SALT: i64 = 0x4C6F_5241;
+
+/// The curriculum a run in `out` was started with (written by [`run`]).
+const CURRICULUM_FILE: &str = "curriculum.toml";
+
+/// Writes the curriculum being run to `out/curriculum.toml` (every setting, defaults filled in).
+fn write_curriculum(cfg: &CurriculumConfig, out: &Path) -> Result<()> {
+    let path = out.join(CURRICULUM_FILE);
+    let text = toml::to_string(cfg).map_err(|e| Error::InvalidConfig(format!("{}: {e}", path.display())))?;
+    std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
+}
+
+/// A resume must run the curriculum the run started with: its steps, seeds and schedules are what
+/// the checkpoint's progress counts in.
+fn check_same_curriculum(cfg: &CurriculumConfig, out: &Path) -> Result<()> {
+    let path = out.join(CURRICULUM_FILE);
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let started: CurriculumConfig =
+        toml::from_str(&text).map_err(|e| Error::InvalidConfig(format!("{}: {e}", path.display())))?;
+    if &started != cfg {
+        return Err(Error::InvalidConfig(format!(
+            "--config differs from the curriculum this run started with ({}); resume with that file \
+             or start a new --out",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 fn append_line(path: &Path, line: &str) -> Result<()> {

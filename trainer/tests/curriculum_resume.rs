@@ -52,14 +52,46 @@ fn metrics(dir: &Path) -> BTreeMap<(u64, u64), serde_json::Value> {
     out
 }
 
+/// Starts `monovlm-train ARGS` and kills it (SIGKILL) once `OUT/checkpoint` holds progress of
+/// stage `stage` at step `min_step` or later.
+fn kill_at_checkpoint(args: &[&str], root: &Path, out: &str, stage: u64, min_step: u64) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = root.join(out).join("checkpoint/train/state.json");
+    let t0 = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&state) {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if v["progress"]["stage"] == stage && v["progress"]["step"].as_u64().unwrap_or(0) >= min_step {
+                break;
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(300), "no mid-stage checkpoint appeared");
+        assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+/// The chain up to an initial checkpoint in `root`: data, tokenizer, `base`.
+fn prepare(root: &Path) {
+    let _ = std::fs::remove_dir_all(root);
+    std::fs::create_dir_all(root).unwrap();
+    run(&["data", "synth", "--out", "data", "--images", "30", "--seed", "4"], root);
+    run(&["tokenizer", "--data", "data", "--vocab-size", "500", "--out", "tok"], root);
+    run(&["init", "--tokenizer", "tok", "--preset", "tiny", "--max-pixels", "25088", "--out", "base"], root);
+}
+
 #[test]
 fn killed_and_resumed_run_equals_an_uninterrupted_one() {
     let root = std::env::temp_dir().join(format!("monovlm-resume-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).unwrap();
-    run(&["data", "synth", "--out", "data", "--images", "30", "--seed", "4"], &root);
-    run(&["tokenizer", "--data", "data", "--vocab-size", "500", "--out", "tok"], &root);
-    run(&["init", "--tokenizer", "tok", "--preset", "tiny", "--max-pixels", "25088", "--out", "base"], &root);
+    prepare(&root);
     std::fs::write(root.join("c.toml"), CURRICULUM).unwrap();
     let common = [
         "curriculum",
@@ -82,32 +114,20 @@ fn killed_and_resumed_run_equals_an_uninterrupted_one() {
     // Start the same run and kill it once a mid-stage checkpoint exists (step >= 4 of the SFT stage).
     let mut args: Vec<&str> = common.to_vec();
     args.extend(["--out", "killed"]);
-    let mut child = Command::new(BIN)
-        .args(&args)
-        .current_dir(&root)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let state = root.join("killed/checkpoint/train/state.json");
-    let t0 = Instant::now();
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&state) {
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            if v["progress"]["stage"] == 0 && v["progress"]["step"].as_u64().unwrap_or(0) >= 4 {
-                break;
-            }
-        }
-        assert!(t0.elapsed() < Duration::from_secs(300), "no mid-stage checkpoint appeared");
-        assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be killed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_at_checkpoint(&args, &root, "killed", 0, 4);
     assert!(!root.join("killed/stage-0-warm").exists(), "killed inside the first stage");
     // A second start without --resume refuses to overwrite the run.
     let refused = Command::new(BIN).args(&args).current_dir(&root).output().unwrap();
     assert!(!refused.status.success());
+    // Nor does a resume with another curriculum: its steps would not be the ones counted.
+    let other = CURRICULUM.replace("steps = 10", "steps = 11");
+    std::fs::write(root.join("other.toml"), &other).unwrap();
+    let mut wrong = args.clone();
+    wrong[2] = "other.toml";
+    wrong.push("--resume");
+    let refused = Command::new(BIN).args(&wrong).current_dir(&root).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("differs from the curriculum"));
     let mut resume = args.clone();
     resume.push("--resume");
     run(&resume, &root);
@@ -122,5 +142,64 @@ fn killed_and_resumed_run_equals_an_uninterrupted_one() {
     for png in ["plots/stage-0-warm.png", "plots/stage-1-grpo-2d.png", "summary.md"] {
         assert!(root.join("killed").join(png).exists(), "{png}");
     }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+const LORA_CURRICULUM: &str = r#"
+seed = 5
+checkpoint_every = 2
+val_examples = 4
+val_max_new_tokens = 48
+lora_rank = 4
+lora_alpha = 8.0
+
+[[stage]]
+name = "grpo-2d"
+kind = "grpo"
+steps = 6
+lr = 1e-3
+reward = { kind = "iou2d" }
+grpo = { group_size = 4, prompts_per_step = 2, max_new_tokens = 48 }
+"#;
+
+/// A LoRA run killed inside its GRPO stage resumes from the saved adapters (the checkpoint's
+/// weights have them merged), and ends bit for bit where an uninterrupted run does; in bf16, which
+/// the stage's checkpoint keeps.
+#[test]
+fn a_lora_stage_killed_midway_resumes_exactly() {
+    let root = std::env::temp_dir().join(format!("monovlm-resume-lora-{}", std::process::id()));
+    prepare(&root);
+    std::fs::write(root.join("c.toml"), LORA_CURRICULUM).unwrap();
+    let common = [
+        "curriculum",
+        "--config",
+        "c.toml",
+        "--data",
+        "data",
+        "--base",
+        "base",
+        "--train-examples",
+        "24",
+        "--threads",
+        "1",
+        "--dtype",
+        "bf16",
+    ];
+    let mut straight: Vec<&str> = common.to_vec();
+    straight.extend(["--out", "straight"]);
+    run(&straight, &root);
+    let mut args: Vec<&str> = common.to_vec();
+    args.extend(["--out", "killed"]);
+    kill_at_checkpoint(&args, &root, "killed", 0, 2);
+    assert!(!root.join("killed/stage-0-grpo-2d").exists(), "killed inside the stage");
+    args.push("--resume");
+    run(&args, &root);
+    let (a, b) = (metrics(&root.join("straight")), metrics(&root.join("killed")));
+    assert_eq!(a.len(), 6);
+    assert_eq!(a, b, "per-step metrics differ after resuming");
+    let weights = |d: &str| std::fs::read(root.join(d).join("stage-0-grpo-2d/model.safetensors")).unwrap();
+    assert!(weights("straight") == weights("killed"), "final weights differ");
+    let config = std::fs::read_to_string(root.join("killed/stage-0-grpo-2d/config.json")).unwrap();
+    assert!(config.contains("\"dtype\": \"bfloat16\""), "{config}");
     std::fs::remove_dir_all(&root).unwrap();
 }

@@ -11,9 +11,7 @@ use monovlm_runtime::protocol::{Answer, format_answer};
 use monovlm_trainer::data::mono3drefer::{
     Dataset, DatasetWriter, Record, SampleKey, Split, Strictness, image_name,
 };
-use monovlm_trainer::eval::categories::{
-    CategorySource, Difficulty, DistanceBand, Uniqueness, kitti_difficulty,
-};
+use monovlm_trainer::eval::categories::{CategorySource, Difficulty, DistanceBand, Uniqueness};
 use monovlm_trainer::eval::metrics::{Landing, Outcome, accuracy_stats};
 use monovlm_trainer::eval::predictions::{PredictionLine, PredictionSet, write_prediction_lines};
 use monovlm_trainer::eval::report::{Evaluation, write_outputs};
@@ -270,9 +268,9 @@ fn categories_from_labels_follow_design_md() {
     assert_eq!(cats[3].difficulty, Some(Difficulty::Easy));
     let mut hard = recs[2].label.clone();
     hard.truncated = 0.45;
-    assert_eq!(kitti_difficulty(&hard), Some(Difficulty::Hard));
+    assert_eq!(hard.difficulty(), Some(Difficulty::Hard));
     hard.occluded = 3;
-    assert_eq!(kitti_difficulty(&hard), None);
+    assert_eq!(hard.difficulty(), None);
 }
 
 #[test]

@@ -168,11 +168,11 @@ pub fn build(ck: &Checkpoint, precision: Precision, attention: Attention) -> Res
             let keep = b.cast(&mask, DataType::Bool);
             let keep = b.unsqueeze(&keep, &[1, 2]); // [B, 1, 1, T]
             let allowed = b.op("And", &[&causal, &keep], Vec::new()); // [B, 1, S, T]
-            let zero_f = b.const_float(0.0, dtype);
-            // The additive mask. In f16 it keeps headroom below the largest finite value: with
-            // -65504, a score under -16 would round the sum to -inf, and a padded row whose keys
-            // are all masked would soft-max to NaN (in f32, f32::MIN absorbs any score).
-            let min = b.const_float(if dtype == DataType::Float16 { -32768.0 } else { f32::MIN }, dtype);
+            // The additive mask and the soft-max are f32 whatever the weights' dtype (transformers
+            // soft-maxes fp16 attention in f32 too): in f16 a masked score would round to -inf and
+            // a padded row whose keys are all masked would soft-max to NaN.
+            let zero_f = b.const_float(0.0, DataType::Float);
+            let min = b.const_float(f32::MIN, DataType::Float);
             let additive = b.where_(&allowed, &zero_f, &min);
             let scale = b.const_float(1.0 / (hd as f32).sqrt(), dtype);
             AttnInputs::Decomposed { mask: additive, scale }
@@ -286,8 +286,10 @@ pub fn build(ck: &Checkpoint, precision: Precision, attention: Attention) -> Res
                 let kt = b.transpose(pk, &[0, 1, 3, 2]);
                 let scores = b.matmul(&qg, &kt); // [B, kv, groups * S, T]
                 let scores = b.reshape(&scores, &[0, heads, -1, 0]); // [B, H, S, T]
+                let scores = b.cast_if(&scores, dtype, DataType::Float);
                 let scores = b.add(&scores, mask);
                 let probs = b.softmax(&scores, -1);
+                let probs = b.cast_if(&probs, DataType::Float, dtype);
                 let probs = b.reshape(&probs, &[0, kv, -1, 0]);
                 let o = b.matmul(&probs, pv); // [B, kv, groups * S, hd]
                 let o = b.reshape(&o, &[0, heads, -1, hd]);

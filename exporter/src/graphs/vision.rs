@@ -44,8 +44,10 @@ const ROPE_THETA: f32 = 10_000.0;
 struct Segments {
     /// `[K, Lmax]` i64: patch index of each slot (0 in padding slots).
     gather: Value,
-    /// `[1, 1, K, 1, Lmax]`: 0 for real keys, the most negative float for padding.
+    /// `[1, 1, K, 1, Lmax]` f32: 0 for real keys, the most negative f32 for padding.
     key_bias: Value,
+    /// The graph's activation dtype: scores are soft-maxed in f32 and cast back to it.
+    dtype: DataType,
     /// `[N]` i64: slot of each patch in the flattened `[K * Lmax]` batch.
     unpad: Value,
 }
@@ -68,8 +70,10 @@ impl Segments {
         let valid = b.op("Less", &[&slot_row, &lens_col], Vec::new()); // [K, Lmax]
         let zero_i = b.const_i64(0);
         let gather = b.where_(&valid, &linear, &zero_i);
-        let zero_f = b.const_float(0.0, dtype);
-        let min = b.const_float(if dtype == DataType::Float16 { -65504.0 } else { f32::MIN }, dtype);
+        // The bias and the soft-max are f32 whatever the weights' dtype (transformers soft-maxes
+        // fp16 attention in f32 too): in f16, a masked score would round to -inf.
+        let zero_f = b.const_float(0.0, DataType::Float);
+        let min = b.const_float(f32::MIN, DataType::Float);
         let bias = b.where_(&valid, &zero_f, &min);
         let key_bias = b.unsqueeze(&bias, &[0, 1, 3]); // [1, 1, K, 1, Lmax]
         // Segment of each patch: how many segment ends it is at or past.
@@ -82,7 +86,7 @@ impl Segments {
         let offset = b.sub(patch_ids, &seg_start);
         let base = b.mul(&segment, &max_len);
         let unpad = b.add(&base, &offset);
-        Self { gather, key_bias, unpad }
+        Self { gather, key_bias, unpad, dtype }
     }
 
     /// Attention of `q`, `k`, `v` `[1, heads, N, hd]` (q already scaled) within the segments.
@@ -92,8 +96,10 @@ impl Segments {
         let vg = b.gather(v, &self.gather, 2);
         let kt = b.transpose(&kg, &[0, 1, 2, 4, 3]);
         let scores = b.matmul(&qg, &kt); // [1, heads, K, Lmax, Lmax]
+        let scores = b.cast_if(&scores, self.dtype, DataType::Float);
         let scores = b.add(&scores, &self.key_bias);
         let probs = b.softmax(&scores, -1);
+        let probs = b.cast_if(&probs, DataType::Float, self.dtype);
         let out = b.matmul(&probs, &vg); // [1, heads, K, Lmax, hd]
         let out = b.reshape(&out, &[1, heads, -1, hd]);
         b.gather(&out, &self.unpad, 2) // [1, heads, N, hd]

@@ -26,7 +26,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use monovlm_calib::kitti::{KittiCalib, KittiLabel};
+use monovlm_calib::kitti::{Difficulty, KittiCalib, KittiLabel};
 use monovlm_calib::{Box3d, Intrinsics};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -504,6 +504,33 @@ fn record_to_json(record: &Record) -> RecordJson {
     }
 }
 
+/// Depth (m) up to which an object is Near.
+pub const NEAR_MAX_DEPTH_M: f64 = 15.0;
+/// Depth (m) up to which an object is Medium; beyond it, Far.
+pub const MEDIUM_MAX_DEPTH_M: f64 = 35.0;
+
+/// Depth band of the ground truth (Mono3DRefer's Near / Medium / Far).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum DistanceBand {
+    /// 0-15 m.
+    Near,
+    /// 15-35 m.
+    Medium,
+    /// Over 35 m.
+    Far,
+}
+
+/// The depth band of a ground-truth depth.
+pub fn distance_band(depth_m: f64) -> DistanceBand {
+    if depth_m <= NEAR_MAX_DEPTH_M {
+        DistanceBand::Near
+    } else if depth_m <= MEDIUM_MAX_DEPTH_M {
+        DistanceBand::Medium
+    } else {
+        DistanceBand::Far
+    }
+}
+
 /// Object categories of the test split (`test_instanceID_split.json`), as sets of `instanceID`s.
 ///
 /// An empty `multiple` means "every instance not in `unique`" (the reference evaluator tests
@@ -526,6 +553,28 @@ pub struct InstanceSplit {
     pub moderate: BTreeSet<u64>,
     /// KITTI hard.
     pub hard: BTreeSet<u64>,
+}
+
+impl InstanceSplit {
+    /// Files instance `id` under its uniqueness, the band of its depth and its difficulty (none
+    /// when it meets no level).
+    pub fn insert(&mut self, id: u64, unique: bool, depth_m: f64, difficulty: Option<Difficulty>) {
+        if unique { &mut self.unique } else { &mut self.multiple }.insert(id);
+        match distance_band(depth_m) {
+            DistanceBand::Near => &mut self.near,
+            DistanceBand::Medium => &mut self.medium,
+            DistanceBand::Far => &mut self.far,
+        }
+        .insert(id);
+        if let Some(d) = difficulty {
+            match d {
+                Difficulty::Easy => &mut self.easy,
+                Difficulty::Moderate => &mut self.moderate,
+                Difficulty::Hard => &mut self.hard,
+            }
+            .insert(id);
+        }
+    }
 }
 
 impl InstanceSplit {

@@ -15,22 +15,11 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use monovlm_calib::kitti::KittiLabel;
+pub use monovlm_calib::kitti::Difficulty;
 use serde::Serialize;
 
+pub use crate::data::mono3drefer::{DistanceBand, MEDIUM_MAX_DEPTH_M, NEAR_MAX_DEPTH_M, distance_band};
 use crate::data::mono3drefer::{InstanceSplit, Record};
-
-/// Depth (m) up to which an object is Near.
-pub const NEAR_MAX_DEPTH_M: f64 = 15.0;
-/// Depth (m) up to which an object is Medium; beyond it, Far.
-pub const MEDIUM_MAX_DEPTH_M: f64 = 35.0;
-
-/// KITTI difficulty thresholds: minimum 2D height (px), maximum truncation, maximum occlusion level.
-const KITTI_LEVELS: [(Difficulty, f64, f64, i8); 3] = [
-    (Difficulty::Easy, 40.0, 0.15, 0),
-    (Difficulty::Moderate, 25.0, 0.3, 1),
-    (Difficulty::Hard, 25.0, 0.5, 2),
-];
 
 /// Whether the object is the only one of its class in its image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -39,28 +28,6 @@ pub enum Uniqueness {
     Unique,
     /// One of several.
     Multiple,
-}
-
-/// Depth band of the ground truth.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum DistanceBand {
-    /// 0-15 m.
-    Near,
-    /// 15-35 m.
-    Medium,
-    /// Over 35 m.
-    Far,
-}
-
-/// KITTI difficulty.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum Difficulty {
-    /// Large, untruncated, fully visible.
-    Easy,
-    /// Medium.
-    Moderate,
-    /// Hard.
-    Hard,
 }
 
 /// The categories of one sample; `None` where it is in no category of that group.
@@ -114,28 +81,6 @@ pub struct CategorySources {
     pub distance: CategorySource,
     /// Easy/Moderate/Hard.
     pub difficulty: CategorySource,
-}
-
-/// The depth band of a ground-truth depth.
-pub fn distance_band(depth_m: f64) -> DistanceBand {
-    if depth_m <= NEAR_MAX_DEPTH_M {
-        DistanceBand::Near
-    } else if depth_m <= MEDIUM_MAX_DEPTH_M {
-        DistanceBand::Medium
-    } else {
-        DistanceBand::Far
-    }
-}
-
-/// The KITTI difficulty of a label, or `None` when it meets no level's thresholds.
-pub fn kitti_difficulty(label: &KittiLabel) -> Option<Difficulty> {
-    let height_px = label.bbox.height();
-    KITTI_LEVELS
-        .iter()
-        .find(|(_, min_h, max_trunc, max_occ)| {
-            height_px >= *min_h && label.truncated <= *max_trunc && (0..=*max_occ).contains(&label.occluded)
-        })
-        .map(|(d, ..)| *d)
 }
 
 /// The categories of `records` (one split), from `split` where it has each group, else from the
@@ -208,7 +153,7 @@ pub fn categorize<'a>(
                 .into_iter()
                 .find(|(set, _)| set.contains(&id))
                 .map(|(_, d)| d),
-                None => kitti_difficulty(&r.label),
+                None => r.label.difficulty(),
             };
             Categories { uniqueness, distance, difficulty }
         })

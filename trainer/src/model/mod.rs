@@ -16,6 +16,7 @@ pub mod text;
 pub mod vision;
 pub mod weights;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -201,6 +202,44 @@ impl Qwen25Vl {
     /// of the weights).
     pub fn set_adapters_enabled(&self, on: bool) {
         self.adapters_on.store(on, Ordering::Relaxed);
+    }
+
+    /// The LoRA adapter tensors (`{layer}.lora_A.weight`, `{layer}.lora_B.weight`), detached; empty
+    /// without adapters.
+    pub fn adapter_tensors(&self) -> Vec<(String, Tensor)> {
+        self.store
+            .params()
+            .iter()
+            .filter(|p| p.name.contains(".lora_"))
+            .map(|p| (p.name.clone(), p.tensor.detach()))
+            .collect()
+    }
+
+    /// Copies saved adapter values (keys `{prefix}{name}` as [`Self::adapter_tensors`] names them)
+    /// into the attached adapters.
+    ///
+    /// # Errors
+    /// [`Error::ModelConfig`] without adapters; [`Error::MissingTensor`] / [`Error::TensorShape`]
+    /// when the saved set does not fit them.
+    pub fn load_adapters(&mut self, saved: &HashMap<String, Tensor>, prefix: &str) -> Result<()> {
+        if self.lora.is_none() {
+            return Err(Error::ModelConfig("no LoRA adapters are attached".into()));
+        }
+        tch::no_grad(|| -> Result<()> {
+            for p in self.store.params().iter().filter(|p| p.name.contains(".lora_")) {
+                let key = format!("{prefix}{}", p.name);
+                let src = saved.get(&key).ok_or_else(|| Error::MissingTensor { name: key.clone() })?;
+                if src.size() != p.tensor.size() {
+                    return Err(Error::TensorShape {
+                        name: key,
+                        expected: p.tensor.size(),
+                        found: src.size(),
+                    });
+                }
+                p.tensor.shallow_clone().f_copy_(src)?;
+            }
+            Ok(())
+        })
     }
 
     /// The weights to save: every base parameter under its Hugging Face name, LoRA updates merged.

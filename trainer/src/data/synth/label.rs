@@ -36,34 +36,6 @@ pub const FULLY_VISIBLE_FRACTION: f64 = 0.8;
 /// Visible fraction above which an object is partly occluded (occlusion 1); below, largely (2).
 pub const PARTLY_VISIBLE_FRACTION: f64 = 0.4;
 
-/// KITTI's difficulty levels (as exclusive categories: the easiest one that applies).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Difficulty {
-    /// 2D height >= 40 px, occlusion 0, truncation <= 0.15.
-    Easy,
-    /// 2D height >= 25 px, occlusion <= 1, truncation <= 0.3.
-    Moderate,
-    /// 2D height >= 25 px, occlusion <= 2, truncation <= 0.5.
-    Hard,
-}
-
-impl Difficulty {
-    /// The easiest level a label meets, `None` when it meets none.
-    pub fn of(label: &KittiLabel) -> Option<Self> {
-        let h = label.bbox.height();
-        let (occ, trunc) = (label.occluded, label.truncated);
-        if h >= 40.0 && (0..=0).contains(&occ) && trunc <= 0.15 {
-            Some(Difficulty::Easy)
-        } else if h >= 25.0 && (0..=1).contains(&occ) && trunc <= 0.3 {
-            Some(Difficulty::Moderate)
-        } else if h >= 25.0 && (0..=2).contains(&occ) && trunc <= 0.5 {
-            Some(Difficulty::Hard)
-        } else {
-            None
-        }
-    }
-}
-
 /// Occlusion level from the visible fraction (see the module docs).
 pub fn occlusion_level(visible_fraction: f64) -> i8 {
     if visible_fraction > FULLY_VISIBLE_FRACTION {

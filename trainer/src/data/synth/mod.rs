@@ -27,12 +27,12 @@ pub mod scene;
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
-use monovlm_calib::kitti::{KittiCalib, KittiLabel};
+use monovlm_calib::kitti::{Difficulty, KittiCalib, KittiLabel};
 use monovlm_calib::{BOX_EDGES, Box3d, Intrinsics};
 use rayon::prelude::*;
 
 use self::describe::{Description, ObjectFacts, describe};
-use self::label::{Difficulty, label_object};
+use self::label::label_object;
 use self::raster::Raster;
 use self::render::render_world;
 use self::rng::Rng;
@@ -215,7 +215,7 @@ fn build_frame(
             silhouette_px: d.silhouette_px,
             truncation: outcome.truncation,
             visible_fraction: outcome.visible_fraction,
-            difficulty: outcome.label.as_ref().and_then(Difficulty::of),
+            difficulty: outcome.label.as_ref().and_then(KittiLabel::difficulty),
             label: outcome.label,
             facts,
         });
@@ -472,23 +472,7 @@ pub fn generate(cfg: &SynthConfig, out: &Path, on_image: &(dyn Fn() + Sync)) -> 
         }
         if output.split == Split::Test {
             for (id, unique, depth_m, difficulty) in output.instances {
-                if unique {
-                    categories.unique.insert(id);
-                } else {
-                    categories.multiple.insert(id);
-                }
-                if depth_m <= 15.0 {
-                    categories.near.insert(id);
-                } else if depth_m <= 35.0 {
-                    categories.medium.insert(id);
-                } else {
-                    categories.far.insert(id);
-                }
-                match difficulty {
-                    Difficulty::Easy => categories.easy.insert(id),
-                    Difficulty::Moderate => categories.moderate.insert(id),
-                    Difficulty::Hard => categories.hard.insert(id),
-                };
+                categories.insert(id, unique, depth_m, Some(difficulty));
             }
         }
     }
