@@ -207,6 +207,15 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A live source that delivered no frame in time: transient, the capture goes on and may
+    /// recover (a camera unplugged and plugged back, a USB bus reset).
+    #[error("frame source {source_name}: no frame for {waited_s:.1} s (camera stalled or disconnected)")]
+    SourceStalled {
+        /// The device.
+        source_name: String,
+        /// How long it waited, seconds.
+        waited_s: f64,
+    },
     /// A camera buffer that does not hold a frame of the announced format and size.
     #[error("camera buffer: {0}")]
     PixelFormat(String),

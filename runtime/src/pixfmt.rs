@@ -65,7 +65,7 @@ pub fn yuyv_to_rgb(buf: &[u8], width: u32, height: u32, stride: usize) -> Result
 /// [`Error::PixelFormat`] when the buffer is not a decodable JPEG.
 pub fn mjpeg_to_rgb(buf: &[u8]) -> Result<RgbImage> {
     image::load_from_memory_with_format(buf, image::ImageFormat::Jpeg)
-        .map(|img| img.to_rgb8())
+        .map(image::DynamicImage::into_rgb8)
         .map_err(|e| Error::PixelFormat(format!("MJPEG frame of {} bytes: {e}", buf.len())))
 }
 

@@ -61,7 +61,7 @@ pub fn read_image(path: &Path) -> Result<RgbImage> {
         path: path.to_path_buf(),
         message: format!("not a decodable image: {e}"),
     })?;
-    Ok(img.to_rgb8())
+    Ok(img.into_rgb8())
 }
 
 /// Image folders of the KITTI layout: KITTI's own, and the Mono3DRefer layout our synthetic
@@ -271,6 +271,11 @@ impl LatestFrame {
     /// Frames replaced before anyone took them.
     pub fn dropped(&self) -> u64 {
         self.state().dropped
+    }
+
+    /// Whether the producer has [closed](LatestFrame::close) the slot.
+    pub fn is_closed(&self) -> bool {
+        self.state().closed
     }
 }
 

@@ -427,7 +427,47 @@ async fn malformed_requests_get_json_4xx_and_the_daemon_keeps_serving() {
     assert_eq!(get(&base, "/healthz").await.0, 200);
     let (status, out) = post(&base, &json!({"query": "the car"})).await;
     assert_eq!(status, 200, "{out}");
+    // Base64 as `base64 FILE` writes it, wrapped at 76 columns, in a data: URL.
+    let wrapped: Vec<String> =
+        png_base64(W, H).as_bytes().chunks(76).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+    let upload = format!("data:image/png;base64,{}\n", wrapped.join("\n"));
+    let (status, out) =
+        post(&base, &json!({"query": "the car", "image_base64": upload, "intrinsics": intrinsics_json()}))
+            .await;
+    assert_eq!(status, 200, "{out}");
     server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_gets_408_and_does_not_hold_the_shutdown() {
+    let cfg = ServeConfig { body_timeout: Duration::from_millis(300), ..config() };
+    let (server, base, _) = start(cfg, 4).await;
+    let addr = server.local_addr();
+    // Announces 1,000 bytes, sends 10 and stalls (keeping the connection open).
+    let stalled = tokio::task::spawn_blocking(move || {
+        use std::io::{Read as _, Write as _};
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+        let head = format!(
+            "POST /v1/ground HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Content-Length: 1000\r\n\r\n{{\"query\": "
+        );
+        tcp.write_all(head.as_bytes()).unwrap();
+        let mut answer = [0u8; 512];
+        let n = tcp.read(&mut answer).unwrap_or(0);
+        (String::from_utf8_lossy(&answer[..n]).into_owned(), tcp)
+    });
+    let t = Instant::now();
+    let (answer, tcp) = stalled.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("body_timeout"), "{answer:?}");
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    assert_eq!(get(&base, "/healthz").await.0, 200);
+    // The daemon still stops promptly.
+    let t = Instant::now();
+    server.shutdown().await.unwrap();
+    assert!(t.elapsed() <= monovlm_runtime::serve::SHUTDOWN_GRACE + Duration::from_secs(5));
+    drop(tcp);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,9 +553,11 @@ async fn a_failing_source_makes_readyz_fail_and_the_stream_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_key_is_enforced_and_exposed_addresses_need_one() {
-    let (server, base, _) = start(ServeConfig { api_key: Some("s3cret".into()), ..config() }, 4).await;
+    // A base64 key (`openssl rand -base64`): '+', '/' and '=' are percent-encoded in a URL.
+    let key = "s3+cr/et==";
+    let (server, base, _) = start(ServeConfig { api_key: Some(key.into()), ..config() }, 4).await;
     assert_eq!(get(&base, "/healthz").await.0, 200);
-    for auth in [None, Some("Bearer wrong"), Some("Bearer s3cre"), Some("s3cret")] {
+    for auth in [None, Some("Bearer wrong"), Some("Bearer s3+cr"), Some(key), Some("Basic s3+cr/et==")] {
         let mut req = client().get(format!("{base}/v1/queries"));
         if let Some(a) = auth {
             req = req.header("authorization", a);
@@ -525,12 +567,24 @@ async fn the_api_key_is_enforced_and_exposed_addresses_need_one() {
         let status = r.status().as_u16();
         assert_eq!(error_code(status, &r.json().await.unwrap(), &[401]), "unauthorized", "{auth:?}");
     }
-    let r = client().get(format!("{base}/v1/queries")).bearer_auth("s3cret").send().await.unwrap();
+    let r = client().get(format!("{base}/v1/queries")).bearer_auth(key).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let r = client().get(format!("{base}/v1/queries?access_token=s3cret")).send().await.unwrap();
+    // The scheme name is case-insensitive (RFC 7235).
+    let r = client().get(format!("{base}/v1/queries")).header("authorization", "bearer s3+cr/et==");
+    assert_eq!(r.send().await.unwrap().status().as_u16(), 200);
+    // As the viewer sends it (encodeURIComponent), and a raw '+' meaning a space does not match.
+    let encoded = "s3%2Bcr%2Fet%3D%3D";
+    let r = client().get(format!("{base}/v1/queries?x=1&access_token={encoded}")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
+    let r = client().get(format!("{base}/v1/queries?access_token=s3+cr/et==")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
     let ws = tokio_tungstenite::connect_async(format!("ws://{}/v1/stream", server.local_addr())).await;
     assert!(ws.is_err(), "WebSocket without the key was accepted");
+    let url = format!("ws://{}/v1/stream?access_token={encoded}", server.local_addr());
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("WebSocket with the key");
+    let first = tokio::time::timeout(PATIENCE, ws.next()).await.expect("a stream message");
+    assert!(first.is_some_and(|m| m.is_ok()), "the stream ended at once");
+    drop(ws);
     server.shutdown().await.unwrap();
 
     let exposed: SocketAddr = "0.0.0.0:0".parse().unwrap();

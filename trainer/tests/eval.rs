@@ -13,7 +13,7 @@ use monovlm_trainer::data::mono3drefer::{
 };
 use monovlm_trainer::eval::categories::{CategorySource, Difficulty, DistanceBand, Uniqueness};
 use monovlm_trainer::eval::metrics::{Landing, Outcome, accuracy_stats};
-use monovlm_trainer::eval::predictions::{PredictionLine, PredictionSet, write_prediction_lines};
+use monovlm_trainer::eval::predictions::{Predicted, PredictionLine, PredictionSet, write_prediction_lines};
 use monovlm_trainer::eval::report::{Evaluation, write_outputs};
 use monovlm_trainer::eval::{baseline, evaluate};
 
@@ -360,4 +360,24 @@ fn the_baseline_recovers_a_box_on_flat_ground_with_the_mean_size() {
     let set = PredictionSet::parse(&jsonl(&lines), Path::new("baseline"));
     let ev = evaluate(&ds, Split::Test, &set, "baseline", || {}).unwrap();
     assert!((ev.samples[0].iou_3d - 1.0).abs() < 1e-9, "{}", ev.samples[0].iou_3d);
+}
+
+#[test]
+fn a_malformed_optional_2d_box_keeps_the_3d_box_and_is_listed() {
+    let text = concat!(
+        r#"{"instance_id": 7, "ann_id": 0, "bbox_3d": [0, 1, 10, 4, 1.6, 1.5, 0], "bbox_2d": [50, 10, 20, 40]}"#,
+        "\n",
+        r#"{"instance_id": 8, "ann_id": 0, "bbox_3d": [0, 1, 10, 4, 1.6, 1.5, 0], "bbox_2d": [1, 2, 3]}"#,
+        "\n",
+    );
+    let set = PredictionSet::parse(text, Path::new("p.jsonl"));
+    for id in [7, 8] {
+        let got = &set.by_key[&SampleKey { instance_id: id, ann_id: 0 }];
+        let Predicted::Boxes { bbox_3d, bbox_2d } = got else { panic!("{id}: {got:?}") };
+        assert_eq!(bbox_3d.to_array()[2], 10.0);
+        assert!(bbox_2d.is_none(), "{id}: {got:?}");
+    }
+    assert_eq!(set.problems.len(), 2, "{:?}", set.problems);
+    assert!(set.problems.iter().all(|p| p.to_string().contains("bbox_2d ignored")), "{:?}", set.problems);
+    assert!(set.problems[0].to_string().contains("p.jsonl:1"), "{:?}", set.problems);
 }

@@ -408,7 +408,15 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     while !stop.load(Ordering::SeqCst) && args.max_frames.is_none_or(|m| frames < m) {
         let next = match s.first.take() {
             Some(f) => Some(f),
-            None => s.source.next_frame()?,
+            None => match s.source.next_frame() {
+                // A live camera that stalls or was unplugged: its capture thread reconnects;
+                // waiting again is how this loop waits for it (each wait is the frame timeout).
+                Err(e @ monovlm_runtime::Error::SourceStalled { .. }) => {
+                    tracing::warn!("{e}; waiting for the camera");
+                    continue;
+                }
+                other => other?,
+            },
         };
         let Some(frame) = next else { break };
         let camera = camera_of(
@@ -452,7 +460,10 @@ fn write_annotated(dir: &Path, frame: &Frame, results: &[Grounding]) -> anyhow::
 fn seconds(flag: &str, value: Option<f64>, default: Duration) -> anyhow::Result<Duration> {
     match value {
         None => Ok(default),
-        Some(s) if s.is_finite() && s > 0.0 => Ok(Duration::from_secs_f64(s)),
+        Some(s) if s > 0.0 => match Duration::try_from_secs_f64(s) {
+            Ok(d) => Ok(d),
+            Err(_) => bail!("--{flag} {s}: too long a duration"),
+        },
         Some(s) => bail!("--{flag} {s}: must be a positive number of seconds"),
     }
 }

@@ -31,8 +31,9 @@ use crate::source::Frame;
 const VIEWER_HTML: &str = include_str!("viewer.html");
 /// Largest side of an uploaded image, pixels (decompression bombs are refused before decoding).
 const MAX_UPLOAD_SIDE_PX: u32 = 8192;
-/// Largest allocation while decoding an upload, bytes.
-const MAX_DECODE_ALLOC: u64 = 256 << 20;
+/// Largest allocation while decoding an upload, bytes (with at most `queue_capacity` decodes at
+/// once, this bounds the memory uploads can take however small their compressed bodies are).
+const MAX_DECODE_ALLOC: u64 = 128 << 20;
 /// Longest standing-query id, characters.
 const MAX_ID_CHARS: usize = 64;
 
@@ -98,16 +99,20 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// Whether `req` carries `key`: `Authorization: Bearer KEY`, or `access_token=KEY` in the query
-/// string (browsers cannot set headers on `<img>` and WebSocket requests).
+/// Whether `req` carries `key`: `Authorization: Bearer KEY` (the scheme name in any case), or
+/// `access_token=KEY` in the query string, percent-encoded as browsers send it (they cannot set
+/// headers on `<img>` and WebSocket requests; a base64 key's `+`, `/`, `=` arrive as `%2B`...).
 fn authorized(req: &Request, key: &str) -> bool {
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let param = req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token=")));
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let param = req.uri().query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes()).find_map(|(k, v)| (k == "access_token").then_some(v))
+    });
     // Both are checked so that the time does not tell which one was present.
     let by_header = bearer.is_some_and(|t| constant_time_eq(t.as_bytes(), key.as_bytes()));
     let by_param = param.is_some_and(|t| constant_time_eq(t.as_bytes(), key.as_bytes()));
@@ -259,16 +264,29 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let mut bytes = Vec::new();
-    let mut chunks = body.into_data_stream();
-    while let Some(chunk) = chunks.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "body_unreadable", e.to_string()))?;
-        if bytes.len() + chunk.len() > limit {
-            return Err(too_large());
+    // A client that starts a body and stalls must not hold its connection (and a graceful
+    // shutdown) forever.
+    let read = async {
+        let mut bytes = Vec::new();
+        let mut chunks = body.into_data_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "body_unreadable", e.to_string()))?;
+            if bytes.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
         }
-        bytes.extend_from_slice(&chunk);
-    }
+        Ok(bytes)
+    };
+    let timeout = s.config.body_timeout;
+    let bytes = tokio::time::timeout(timeout, read).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the body did not arrive within {:.1} s", timeout.as_secs_f64()),
+        )
+    })??;
     serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.to_string())
@@ -339,27 +357,30 @@ struct GroundRequest {
     intrinsics: Option<IntrinsicsJson>,
 }
 
-/// A query within the daemon's length limit and the protocol's rules.
+/// A query within the protocol's rules and the daemon's length limit (counted as the CLI counts
+/// it: after white space is folded).
 fn query(s: &Shared, text: &str) -> ApiResult<Query> {
-    let chars = text.chars().count();
-    if chars > s.config.max_query_chars {
-        let max = s.config.max_query_chars;
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_query",
-            Error::QueryTooLong { chars, max }.to_string(),
-        ));
+    let invalid = |e: Error| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", e.to_string());
+    let q = Query::new(text).map_err(invalid)?;
+    let (chars, max) = (q.as_str().chars().count(), s.config.max_query_chars);
+    if chars > max {
+        return Err(invalid(Error::QueryTooLong { chars, max }));
     }
-    Query::new(text)
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", e.to_string()))
+    Ok(q)
 }
 
-/// Decodes an uploaded JPEG or PNG (base64, optionally a `data:` URL) from memory.
-fn decode_upload(b64: &str) -> ApiResult<RgbImage> {
+/// Decodes an uploaded JPEG or PNG (base64, optionally a `data:` URL, line-wrapped or not) from
+/// memory.
+fn decode_upload(mut b64: String) -> ApiResult<RgbImage> {
     let bad = |code, m: String| ApiError::new(StatusCode::BAD_REQUEST, code, m);
-    let data = if b64.starts_with("data:") { b64.split_once(',').map_or("", |(_, d)| d) } else { b64 };
+    if b64.starts_with("data:") {
+        let start = b64.find(',').map_or(b64.len(), |i| i + 1);
+        b64.drain(..start);
+    }
+    // `base64 FILE` wraps its output at 76 columns.
+    b64.retain(|c| !c.is_ascii_whitespace());
     let bytes = base64::engine::general_purpose::STANDARD
-        .decode(data.trim())
+        .decode(&b64)
         .map_err(|e| bad("invalid_base64", format!("image_base64 is not valid base64: {e}")))?;
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
@@ -374,7 +395,18 @@ fn decode_upload(b64: &str) -> ApiResult<RgbImage> {
     reader.limits(limits);
     let image =
         reader.decode().map_err(|e| bad("invalid_image", format!("the image cannot be decoded: {e}")))?;
-    Ok(image.to_rgb8())
+    Ok(image.into_rgb8())
+}
+
+/// The 503 of a full request queue, with its `Retry-After`.
+fn queue_full(s: &Shared) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "queue_full",
+        format!("{} requests are already waiting; retry later", s.config.queue_capacity),
+    );
+    e.retry_after_s = Some(s.config.retry_after.as_secs().max(1));
+    e
 }
 
 /// Queues a job and waits for its result within the request timeout.
@@ -397,13 +429,7 @@ async fn submit(
         Ok(()) => {}
         Err(TrySendError::Full(_)) => {
             s.queue_depth.fetch_sub(1, Ordering::SeqCst);
-            let mut e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "queue_full",
-                format!("{} requests are already waiting; retry later", s.config.queue_capacity),
-            );
-            e.retry_after_s = Some(s.config.retry_after.as_secs().max(1));
-            return Err(e);
+            return Err(queue_full(s));
         }
         Err(TrySendError::Disconnected(_)) => {
             s.queue_depth.fetch_sub(1, Ordering::SeqCst);
@@ -432,16 +458,27 @@ async fn submit(
 
 /// `POST /v1/ground`: one query on an uploaded image or on the newest camera frame.
 async fn ground(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    let req: GroundRequest = json_body(&s, &headers, body).await?;
-    let q = query(&s, &req.query)?;
-    let (frame, camera, source) = match &req.image_base64 {
+    let GroundRequest { query: text, image_base64, intrinsics } = json_body(&s, &headers, body).await?;
+    let q = query(&s, &text)?;
+    let (frame, camera, source) = match image_base64 {
         Some(b64) => {
-            let b64 = b64.clone();
-            let image = tokio::task::spawn_blocking(move || decode_upload(&b64)).await.map_err(|e| {
+            // Shed load before decoding (an image decodes to many times its upload): a full
+            // queue, or as many decodes running as the queue holds, is a 503 now.
+            let permit = s.decode_permits.clone().try_acquire_owned();
+            let Ok(permit) = permit.map_err(drop) else { return Err(queue_full(&s)) };
+            if s.queue_depth.load(Ordering::SeqCst) >= s.config.queue_capacity {
+                return Err(queue_full(&s));
+            }
+            // The permit lives as long as the decode, even when the client goes away.
+            let decode = move || {
+                let _permit = permit;
+                decode_upload(b64)
+            };
+            let image = tokio::task::spawn_blocking(decode).await.map_err(|e| {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "decode_failed", e.to_string())
             })??;
             let size = image.dimensions();
-            let camera = match (&req.intrinsics, &s.config.default_intrinsics) {
+            let camera = match (&intrinsics, &s.config.default_intrinsics) {
                 (Some(k), _) => k.camera(size)?,
                 (None, Some(k)) => crate::source::fit_intrinsics(k, size)
                     .map_err(|e| invalid_intrinsics(format!("the daemon's intrinsics do not fit: {e}")))?,
@@ -463,7 +500,7 @@ async fn ground(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) ->
                 return Err(no_frame(problem));
             }
             let frame = lock(&s.latest).clone().ok_or_else(|| no_frame("no frame yet".into()))?;
-            let camera = match &req.intrinsics {
+            let camera = match &intrinsics {
                 Some(k) => k.camera(frame.image.dimensions())?,
                 None => s.camera_of(&frame).map_err(|e| invalid_intrinsics(e.to_string()))?,
             };

@@ -44,6 +44,9 @@ use crate::source::FrameSource;
 /// and after a source that cannot be read any more is given up.
 pub type OpenSource = Box<dyn FnMut() -> Result<Box<dyn FrameSource>> + Send>;
 
+/// How long requests in flight may take to finish once a shutdown is asked for.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// The default listening address: loopback only.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 
@@ -62,6 +65,9 @@ pub struct ServeConfig {
     pub request_timeout: Duration,
     /// Largest request body, bytes (larger: 413).
     pub max_body_bytes: usize,
+    /// Time a request body may take to arrive (longer: 408; a stalled client does not hold a
+    /// connection, or a shutdown, forever).
+    pub body_timeout: Duration,
     /// Longest query, characters (at most the protocol's [`MAX_QUERY_CHARS`]).
     pub max_query_chars: usize,
     /// Standing queries at most.
@@ -91,6 +97,7 @@ impl Default for ServeConfig {
             queue_capacity: 4,
             request_timeout: Duration::from_secs(30),
             max_body_bytes: 8 << 20,
+            body_timeout: Duration::from_secs(10),
             max_query_chars: MAX_QUERY_CHARS,
             max_standing_queries: 16,
             staleness: Duration::from_secs(5),
@@ -127,10 +134,14 @@ impl ServeConfig {
             ("queue capacity", self.queue_capacity == 0),
             ("request timeout", self.request_timeout.is_zero()),
             ("body limit", self.max_body_bytes == 0),
+            ("body timeout", self.body_timeout.is_zero()),
             ("query length limit", self.max_query_chars == 0),
             ("stream buffer", self.stream_buffer == 0),
             ("staleness limit", self.staleness.is_zero()),
-            ("replay fps", self.replay_fps.is_some_and(|f| !(f.is_finite() && f > 0.0))),
+            (
+                "replay fps",
+                self.replay_fps.is_some_and(|f| !(f > 0.0 && Duration::try_from_secs_f64(1.0 / f).is_ok())),
+            ),
         ];
         if let Some((what, _)) = zero.iter().find(|(_, bad)| *bad) {
             return Err(Error::ServeConfig(format!("the {what} must be positive")));
@@ -165,13 +176,22 @@ impl ShutdownHandle {
     }
 }
 
-/// A running daemon.
+/// A running daemon. Dropping it without [`Server::wait`] shuts it down too: the listener closes
+/// and the source and inference threads end (releasing the camera).
 #[derive(Debug)]
 pub struct Server {
     addr: SocketAddr,
     shutdown: ShutdownHandle,
     shared: Arc<Shared>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The axum task; `None` once [`Server::wait`] took it.
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.shutdown();
+        self.shared.stop.store(true, Ordering::SeqCst);
+    }
 }
 
 impl Server {
@@ -195,19 +215,27 @@ impl Server {
         worker::spawn_inference_thread(shared.clone(), grounder, jobs)
             .map_err(|e| Error::ServeConfig(format!("cannot start the inference thread: {e}")))?;
         let app = api::router(shared.clone());
-        let mut stop = rx;
+        let asked = |mut stop: watch::Receiver<bool>| async move {
+            // An error means the handle is gone: nobody can ask any more, keep serving.
+            if stop.wait_for(|s| *s).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let (graceful, deadline) = (asked(rx.clone()), asked(rx));
         let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    // An error means the handle is gone: nobody can ask any more, keep serving.
-                    if stop.wait_for(|s| *s).await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                })
-                .await
+            let serving = axum::serve(listener, app).with_graceful_shutdown(graceful);
+            // Requests in flight get SHUTDOWN_GRACE to finish; a connection that holds on longer
+            // (a stalled upload, a client that never reads) does not keep the daemon up.
+            tokio::select! {
+                served = serving => served,
+                () = async { deadline.await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+                    tracing::warn!("connections still open {} s after shutdown; closing them", SHUTDOWN_GRACE.as_secs());
+                    Ok(())
+                }
+            }
         });
         tracing::info!(%addr, auth = shared.config.api_key.is_some(), "serving");
-        Ok(Self { addr, shutdown: ShutdownHandle { tx: Arc::new(tx) }, shared, task })
+        Ok(Self { addr, shutdown: ShutdownHandle { tx: Arc::new(tx) }, shared, task: Some(task) })
     }
 
     /// The bound address (the actual port when port 0 was asked for).
@@ -224,8 +252,9 @@ impl Server {
     ///
     /// # Errors
     /// [`Error::Bind`] when the listener fails while serving.
-    pub async fn wait(self) -> Result<()> {
-        let served = self.task.await;
+    pub async fn wait(mut self) -> Result<()> {
+        let Some(task) = self.task.take() else { return Ok(()) };
+        let served = task.await;
         self.shared.stop.store(true, Ordering::SeqCst);
         let addr = self.addr;
         match served {

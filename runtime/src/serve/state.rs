@@ -157,6 +157,9 @@ pub(crate) struct Shared {
     pub jobs: SyncSender<Job>,
     /// Jobs queued, not yet taken by the inference thread.
     pub queue_depth: AtomicUsize,
+    /// Uploads being decoded at once, at most `queue_capacity` (their decoded images are what
+    /// uploads cost in memory).
+    pub decode_permits: Arc<tokio::sync::Semaphore>,
     /// Counters and histograms.
     pub metrics: Metrics,
     /// False once the inference thread has ended (it never should).
@@ -192,6 +195,7 @@ impl Shared {
             messages,
             jobs,
             queue_depth: AtomicUsize::new(0),
+            decode_permits: Arc::new(tokio::sync::Semaphore::new(config.queue_capacity)),
             metrics: Metrics::default(),
             model_alive: AtomicBool::new(true),
             stop: AtomicBool::new(false),

@@ -16,6 +16,9 @@ use tokio::sync::{broadcast, watch};
 use super::api::{ApiError, encode, wants_boxes};
 use super::state::{Shared, Snapshot};
 
+/// Largest message a stream client may send, bytes.
+const CLIENT_MESSAGE_MAX_BYTES: usize = 4096;
+
 /// The MJPEG part boundary.
 const BOUNDARY: &str = "frame";
 
@@ -51,7 +54,11 @@ pub(crate) async fn stream(State(s): State<Arc<Shared>>, req: Request) -> Respon
     if upgrade {
         let (mut parts, _) = req.into_parts();
         return match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-            Ok(ws) => ws.on_upgrade(move |socket| websocket(s, socket)),
+            // Clients send nothing the daemon reads: a few KiB is plenty (the default is 64 MiB).
+            Ok(ws) => ws
+                .max_message_size(CLIENT_MESSAGE_MAX_BYTES)
+                .max_frame_size(CLIENT_MESSAGE_MAX_BYTES)
+                .on_upgrade(move |socket| websocket(s, socket)),
             Err(rejection) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "bad_websocket", rejection.body_text()).into_response()
             }

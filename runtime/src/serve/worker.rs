@@ -59,7 +59,8 @@ fn source_failed(shared: &Shared, message: String, backoff: &mut Duration) {
 }
 
 fn source_loop(shared: &Shared, open: &mut OpenSource) {
-    let period = shared.config.replay_fps.map(|fps| Duration::from_secs_f64(1.0 / fps));
+    // `ServeConfig::validate` checked that the period is a duration.
+    let period = shared.config.replay_fps.and_then(|fps| Duration::try_from_secs_f64(1.0 / fps).ok());
     let mut source: Option<Box<dyn FrameSource>> = None;
     let mut seq = 0u64;
     let mut backoff = BACKOFF_INITIAL;

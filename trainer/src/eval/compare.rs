@@ -18,8 +18,8 @@ pub struct MethodMetrics {
     pub name: String,
     /// Samples scored.
     pub samples: usize,
-    /// Samples whose prediction did not parse.
-    pub format_failures: usize,
+    /// Samples with a parsed prediction (not missing, not a format failure).
+    pub predicted: usize,
     /// Per breakdown (the order of [`BREAKDOWNS`]): `(samples, Acc@0.25 %, Acc@0.5 %, mIoU)` of the
     /// exact 3D IoU, and 2D Acc@0.5 %; `None` for an empty breakdown.
     pub breakdowns: Vec<Option<BreakdownNumbers>>,
@@ -84,7 +84,7 @@ pub fn read_method(name: &str, report_json: &Path) -> Result<MethodMetrics> {
     Ok(MethodMetrics {
         name: name.to_owned(),
         samples: count("samples")?,
-        format_failures: count("format_failures")?,
+        predicted: count("predicted")?,
         breakdowns,
         mean_abs_depth_err_m,
         other_object_pct,
@@ -99,7 +99,8 @@ pub fn markdown(methods: &[MethodMetrics]) -> String {
     );
     for m in methods {
         let overall = m.breakdowns.first().copied().flatten();
-        let format_pct = 100.0 * (1.0 - m.format_failures as f64 / m.samples.max(1) as f64);
+        // As SFT's log counts it: a missing prediction is not a well-formed one.
+        let format_pct = 100.0 * m.predicted as f64 / m.samples.max(1) as f64;
         let dz = m.mean_abs_depth_err_m.map_or("-".to_owned(), |d| format!("{d:.2}"));
         let other = m.other_object_pct.map_or("-".to_owned(), |p| format!("{p:.1}"));
         match overall {
@@ -226,7 +227,7 @@ mod tests {
             v
         };
         serde_json::json!({
-            "samples": 10, "format_failures": 1,
+            "samples": 10, "predicted": 9, "format_failures": 1,
             "breakdowns": BREAKDOWNS.iter().map(|n| b(n, 10)).collect::<Vec<_>>()
         })
         .to_string()

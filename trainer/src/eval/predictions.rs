@@ -128,17 +128,20 @@ fn numbers<const N: usize>(v: &Value, field: &str) -> std::result::Result<[f64; 
     Ok(out)
 }
 
-fn parse_boxes(obj: &serde_json::Map<String, Value>) -> Predicted {
+/// The boxes of a line, and why its optional `bbox_2d` was ignored when it was (the 3D box, which
+/// is what Mono3DVG scores, is kept; the 2D box then counts as missing).
+fn parse_boxes(obj: &serde_json::Map<String, Value>) -> (Predicted, Option<String>) {
+    let mut ignored_2d = None;
     let result = if let Some(v) = obj.get("bbox_3d") {
         (|| {
             let [x, y, z, l, w, h, yaw] = numbers::<7>(v, "bbox_3d")?;
             let bbox_3d = Box3d::new(x, y, z, l, w, h, yaw).map_err(|e| e.to_string())?;
             let bbox_2d = match obj.get("bbox_2d") {
                 None | Some(Value::Null) => None,
-                Some(v) => {
-                    let [x1, y1, x2, y2] = numbers::<4>(v, "bbox_2d")?;
-                    Some(Box2d::new(x1, y1, x2, y2).map_err(|e| e.to_string())?)
-                }
+                Some(v) => numbers::<4>(v, "bbox_2d")
+                    .and_then(|[x1, y1, x2, y2]| Box2d::new(x1, y1, x2, y2).map_err(|e| e.to_string()))
+                    .map_err(|e| ignored_2d = Some(format!("bbox_2d ignored (2D scored as missing): {e}")))
+                    .ok(),
             };
             Ok(Predicted::Boxes { bbox_3d, bbox_2d })
         })()
@@ -152,7 +155,7 @@ fn parse_boxes(obj: &serde_json::Map<String, Value>) -> Predicted {
     } else {
         Err("neither bbox_3d nor text".to_owned())
     };
-    result.unwrap_or_else(|reason| Predicted::FormatFailure { reason })
+    (result.unwrap_or_else(|reason| Predicted::FormatFailure { reason }), ignored_2d)
 }
 
 impl PredictionSet {
@@ -208,7 +211,15 @@ impl PredictionSet {
                 continue;
             }
             first_line.insert(key, line_no);
-            set.by_key.insert(key, parse_boxes(obj));
+            let (predicted, ignored_2d) = parse_boxes(obj);
+            if let Some(message) = ignored_2d {
+                set.problems.push(Problem {
+                    file: file.to_path_buf(),
+                    location: Location::Line(line_no),
+                    message,
+                });
+            }
+            set.by_key.insert(key, predicted);
         }
         set
     }

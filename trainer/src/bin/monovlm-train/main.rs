@@ -301,8 +301,17 @@ fn strictness(strict: bool) -> Strictness {
     if strict { Strictness::Strict } else { Strictness::Lenient }
 }
 
+/// Reads a dataset; a strict read that refuses it lists every problem on stderr first (the
+/// error names only the first).
 fn load(data: &Path, strict: bool) -> Result<Dataset> {
     Dataset::load(data, strictness(strict))
+        .inspect_err(|e| {
+            if let monovlm_trainer::Error::Rejected { problems } = e {
+                for p in problems {
+                    eprintln!("problem: {p}");
+                }
+            }
+        })
         .with_context(|| format!("reading the dataset at {}", data.display()))
 }
 
@@ -367,10 +376,12 @@ fn eval(args: &EvalArgs) -> Result<()> {
         );
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let (path, source) = match (&args.predictions, &args.package) {
-        (Some(path), _) => (path.clone(), path.display().to_string()),
+    // Problems met while predicting (the baseline's images without calibration), reported with
+    // the prediction file's own.
+    let (path, source, predicting_problems) = match (&args.predictions, &args.package) {
+        (Some(path), _) => (path.clone(), path.display().to_string(), Vec::new()),
         (None, Some(package)) => {
-            (predict_with_package(&dataset, args, package)?, package.display().to_string())
+            (predict_with_package(&dataset, args, package)?, package.display().to_string(), Vec::new())
         }
         (None, None) => {
             let bar = progress(dataset.images(args.split).len(), "baseline");
@@ -392,10 +403,11 @@ fn eval(args: &EvalArgs) -> Result<()> {
             let fitted_path = args.out.join("baseline.json");
             std::fs::write(&fitted_path, serde_json::to_string_pretty(&fitted)?)
                 .with_context(|| format!("writing {}", fitted_path.display()))?;
-            (path, "baseline".to_owned())
+            (path, "baseline".to_owned(), problems)
         }
     };
-    let predictions = PredictionSet::read(&path)?;
+    let mut predictions = PredictionSet::read(&path)?;
+    predictions.problems.extend(predicting_problems);
     let bar = progress(dataset.records(args.split).len(), "scoring");
     let evaluation = evaluate(&dataset, args.split, &predictions, &source, || bar.inc(1))?;
     bar.finish_and_clear();
