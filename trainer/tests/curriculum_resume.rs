@@ -88,12 +88,18 @@ fn prepare(root: &Path) {
     run(&["init", "--tokenizer", "tok", "--preset", "tiny", "--max-pixels", "25088", "--out", "base"], root);
 }
 
-#[test]
-fn killed_and_resumed_run_equals_an_uninterrupted_one() {
-    let root = std::env::temp_dir().join(format!("monovlm-resume-{}", std::process::id()));
-    prepare(&root);
-    std::fs::write(root.join("c.toml"), CURRICULUM).unwrap();
-    let common = [
+/// Writes `curriculum` as `c.toml` in a [prepared](prepare) `root`, runs it uninterrupted into
+/// `straight`, then again into `killed`, killed once it checkpointed `(stage, min_step)`; returns
+/// the killed run's arguments (without `--resume`).
+fn straight_and_killed(
+    root: &Path,
+    curriculum: &str,
+    extra: &[&'static str],
+    stage: u64,
+    min_step: u64,
+) -> Vec<&'static str> {
+    std::fs::write(root.join("c.toml"), curriculum).unwrap();
+    let mut common = vec![
         "curriculum",
         "--config",
         "c.toml",
@@ -106,15 +112,32 @@ fn killed_and_resumed_run_equals_an_uninterrupted_one() {
         "--threads",
         "1",
     ];
-
-    let mut straight: Vec<&str> = common.to_vec();
+    common.extend_from_slice(extra);
+    let mut straight = common.clone();
     straight.extend(["--out", "straight"]);
-    run(&straight, &root);
+    run(&straight, root);
+    let mut killed = common;
+    killed.extend(["--out", "killed"]);
+    kill_at_checkpoint(&killed, root, "killed", stage, min_step);
+    killed
+}
 
-    // Start the same run and kill it once a mid-stage checkpoint exists (step >= 4 of the SFT stage).
-    let mut args: Vec<&str> = common.to_vec();
-    args.extend(["--out", "killed"]);
-    kill_at_checkpoint(&args, &root, "killed", 0, 4);
+/// Asserts the two runs logged the same `steps` metrics and wrote the same final weights in
+/// `stage_dir`.
+fn assert_same_end(root: &Path, steps: usize, stage_dir: &str) {
+    let (a, b) = (metrics(&root.join("straight")), metrics(&root.join("killed")));
+    assert_eq!(a.len(), steps);
+    assert_eq!(a, b, "per-step metrics differ after resuming");
+    let weights = |d: &str| std::fs::read(root.join(d).join(stage_dir).join("model.safetensors")).unwrap();
+    assert!(weights("straight") == weights("killed"), "final weights differ");
+}
+
+#[test]
+fn killed_and_resumed_run_equals_an_uninterrupted_one() {
+    let root = std::env::temp_dir().join(format!("monovlm-resume-{}", std::process::id()));
+    prepare(&root);
+    // Killed once a mid-stage checkpoint exists (step >= 4 of the SFT stage).
+    let args = straight_and_killed(&root, CURRICULUM, &[], 0, 4);
     assert!(!root.join("killed/stage-0-warm").exists(), "killed inside the first stage");
     // A second start without --resume refuses to overwrite the run.
     let refused = Command::new(BIN).args(&args).current_dir(&root).output().unwrap();
@@ -132,13 +155,9 @@ fn killed_and_resumed_run_equals_an_uninterrupted_one() {
     resume.push("--resume");
     run(&resume, &root);
 
-    let (a, b) = (metrics(&root.join("straight")), metrics(&root.join("killed")));
-    assert_eq!(a.len(), 12);
-    assert_eq!(a, b, "per-step metrics differ after resuming");
+    assert_same_end(&root, 12, "stage-1-grpo-2d");
     let eval = |d: &str| std::fs::read_to_string(root.join(d).join("eval.jsonl")).unwrap();
     assert_eq!(eval("straight"), eval("killed"));
-    let weights = |d: &str| std::fs::read(root.join(d).join("stage-1-grpo-2d/model.safetensors")).unwrap();
-    assert!(weights("straight") == weights("killed"), "final weights differ");
     for png in ["plots/stage-0-warm.png", "plots/stage-1-grpo-2d.png", "summary.md"] {
         assert!(root.join("killed").join(png).exists(), "{png}");
     }
@@ -169,36 +188,11 @@ grpo = { group_size = 4, prompts_per_step = 2, max_new_tokens = 48 }
 fn a_lora_stage_killed_midway_resumes_exactly() {
     let root = std::env::temp_dir().join(format!("monovlm-resume-lora-{}", std::process::id()));
     prepare(&root);
-    std::fs::write(root.join("c.toml"), LORA_CURRICULUM).unwrap();
-    let common = [
-        "curriculum",
-        "--config",
-        "c.toml",
-        "--data",
-        "data",
-        "--base",
-        "base",
-        "--train-examples",
-        "24",
-        "--threads",
-        "1",
-        "--dtype",
-        "bf16",
-    ];
-    let mut straight: Vec<&str> = common.to_vec();
-    straight.extend(["--out", "straight"]);
-    run(&straight, &root);
-    let mut args: Vec<&str> = common.to_vec();
-    args.extend(["--out", "killed"]);
-    kill_at_checkpoint(&args, &root, "killed", 0, 2);
+    let mut args = straight_and_killed(&root, LORA_CURRICULUM, &["--dtype", "bf16"], 0, 2);
     assert!(!root.join("killed/stage-0-grpo-2d").exists(), "killed inside the stage");
     args.push("--resume");
     run(&args, &root);
-    let (a, b) = (metrics(&root.join("straight")), metrics(&root.join("killed")));
-    assert_eq!(a.len(), 6);
-    assert_eq!(a, b, "per-step metrics differ after resuming");
-    let weights = |d: &str| std::fs::read(root.join(d).join("stage-0-grpo-2d/model.safetensors")).unwrap();
-    assert!(weights("straight") == weights("killed"), "final weights differ");
+    assert_same_end(&root, 6, "stage-0-grpo-2d");
     let config = std::fs::read_to_string(root.join("killed/stage-0-grpo-2d/config.json")).unwrap();
     assert!(config.contains("\"dtype\": \"bfloat16\""), "{config}");
     std::fs::remove_dir_all(&root).unwrap();
