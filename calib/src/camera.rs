@@ -112,7 +112,8 @@ impl Distortion {
 
     /// Undistorted normalised coordinates of the distorted normalised point `(xd, yd)`, by Newton's
     /// method from `(xd, yd)`. Returns `None` where the model is not invertible (the Jacobian is
-    /// singular, or no convergence: far outside the field of view of strongly distorted lenses).
+    /// singular, or no convergence: far outside the field of view of strongly distorted lenses), and
+    /// for a root beyond the model's fold ([`Self::is_valid_at`]), which is not the ray the pixel saw.
     pub fn undistort(&self, xd: f64, yd: f64) -> Option<(f64, f64)> {
         if self.is_zero() {
             return Some((xd, yd));
@@ -131,7 +132,8 @@ impl Distortion {
             x -= dx;
             y -= dy;
             if dx.abs().max(dy.abs()) < UNDISTORT_TOL {
-                return Some((x, y)).filter(|(x, y)| x.is_finite() && y.is_finite());
+                return Some((x, y))
+                    .filter(|(x, y)| x.is_finite() && y.is_finite() && self.is_valid_at(*x, *y));
             }
         }
         None

@@ -83,12 +83,9 @@ impl KittiCalib {
             if line.is_empty() {
                 continue;
             }
+            // A line without a separator (a stray token) is no key of ours either.
             let Some((key, rest)) = line.split_once(':').or_else(|| line.split_once(' ')) else {
-                return Err(parse_error(
-                    source_name,
-                    line_no,
-                    format!("expected 'KEY: values', got '{line}'"),
-                ));
+                continue;
             };
             let key = key.trim();
             if !KEYS.contains(&key) {

@@ -106,6 +106,8 @@ impl UndistortMap {
                 let x = (u as f64 - undistorted.cx()) / undistorted.fx();
                 let y = (v as f64 - undistorted.cy()) / undistorted.fy();
                 let (xd, yd) = match distorted.distortion() {
+                    // Beyond the lens model's fold a ray maps back into the image: no source.
+                    Some(d) if !d.is_valid_at(x, y) => (f64::NAN, f64::NAN),
                     Some(d) => d.distort(x, y),
                     None => (x, y),
                 };

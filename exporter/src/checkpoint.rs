@@ -211,6 +211,9 @@ impl Checkpoint {
             "BF16" => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             other => return Err(Error::TensorDtype { name: name.to_owned(), dtype: other.to_owned() }),
         };
+        if let Some((index, &value)) = out.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::NonFiniteTensor { name: name.to_owned(), index, value });
+        }
         self.used.borrow_mut().insert(name.to_owned());
         Ok(out)
     }

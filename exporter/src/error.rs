@@ -30,6 +30,17 @@ pub enum Error {
         /// Shape in the file.
         found: Vec<i64>,
     },
+    /// A tensor holding NaN or an infinity (a diverged training run): exported, it would make
+    /// every answer NaN or quantise its blocks to garbage.
+    #[error("checkpoint: tensor {name} holds a non-finite value ({value}) at element {index}")]
+    NonFiniteTensor {
+        /// Hugging Face name.
+        name: String,
+        /// The first bad element (flat index).
+        index: usize,
+        /// Its value.
+        value: f32,
+    },
     /// A tensor of a type we cannot convert to floats.
     #[error("checkpoint: tensor {name} has dtype {dtype}; expected F32, F16 or BF16")]
     TensorDtype {

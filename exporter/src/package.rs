@@ -179,8 +179,9 @@ fn save_graph(model: &Model, dir: &Path, rel: &str, external: ExternalData) -> R
 ///
 /// # Errors
 /// [`Error::OutputExists`] when `out` exists and `opts.force` is off; checkpoint errors naming the
-/// tensor (missing, misshapen, truncated, unused by the config); [`Error::Io`]. On error nothing is
-/// left at `out` (an existing package is untouched).
+/// tensor (missing, misshapen, truncated, non-finite, unused by the config); [`Error::Io`], also
+/// when `out` is the checkpoint or holds it (`--force` would delete it). On error nothing is left
+/// at `out` (an existing package is untouched).
 pub fn export(
     checkpoint: &Path,
     out: &Path,
@@ -189,6 +190,17 @@ pub fn export(
 ) -> Result<ExportReport> {
     if out.exists() && !opts.force {
         return Err(Error::OutputExists(out.to_path_buf()));
+    }
+    if let (Ok(out_abs), Ok(ckpt_abs)) = (out.canonicalize(), checkpoint.canonicalize())
+        && ckpt_abs.starts_with(&out_abs)
+    {
+        return Err(Error::Io {
+            path: out.to_path_buf(),
+            message: format!(
+                "the output would replace the checkpoint it is exported from ({}); choose another --out",
+                checkpoint.display()
+            ),
+        });
     }
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

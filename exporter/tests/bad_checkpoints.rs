@@ -155,3 +155,41 @@ fn tokenizer_and_training_metadata_are_carried_into_the_package() {
     assert_eq!((pre["min_pixels"].as_u64(), pre["max_pixels"].as_u64()), (Some(3136), Some(200704)));
     assert_eq!(pre["patch_size"], 14);
 }
+
+#[test]
+fn a_non_finite_weight_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = copy_checkpoint(tmp.path());
+    let path = ckpt.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let name = "model.layers.0.mlp.down_proj.weight";
+    // Element 5 of the tensor becomes NaN, in the file's own dtype.
+    let (start, dtype) = {
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let t = st.tensor(name).unwrap();
+        (t.data().as_ptr() as usize - bytes.as_ptr() as usize, t.dtype())
+    };
+    let mut bytes = bytes.clone();
+    match dtype {
+        safetensors::Dtype::F32 => bytes[start + 20..start + 24].copy_from_slice(&f32::NAN.to_le_bytes()),
+        safetensors::Dtype::BF16 | safetensors::Dtype::F16 => {
+            bytes[start + 10..start + 12].copy_from_slice(&[0xff, 0x7f]);
+        }
+        other => panic!("fixture dtype {other:?}"),
+    }
+    std::fs::write(&path, bytes).unwrap();
+    let err = export_error(tmp.path(), &ckpt);
+    assert!(matches!(&err, Error::NonFiniteTensor { name: n, index: 5, .. } if n == name), "{err}");
+}
+
+#[test]
+fn force_does_not_replace_the_checkpoint_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = copy_checkpoint(tmp.path());
+    let opts = ExportOptions { force: true, ..ExportOptions::default() };
+    for out in [ckpt.clone(), tmp.path().to_path_buf()] {
+        let err = export(&ckpt, &out, &opts, &mut |_| {}).expect_err("would delete the checkpoint");
+        assert!(err.to_string().contains("replace the checkpoint"), "{err}");
+        assert!(ckpt.join("model.safetensors").is_file());
+    }
+}

@@ -150,15 +150,23 @@ impl CurriculumConfig {
             if s.name.is_empty() || s.name.contains(['/', '\\']) {
                 return bad("the name must be non-empty and hold no path separator");
             }
+            if !s.w_fmt.is_finite() {
+                return bad("w_fmt must be finite");
+            }
             match s.kind {
                 StageKind::Grpo if s.reward.is_none() => return bad("a grpo stage needs a reward"),
                 StageKind::Grpo => {
-                    if let Some(problem) = s.grpo.problem() {
+                    let reward_problem = s.reward.as_ref().and_then(RewardKind::problem);
+                    if let Some(problem) = s.grpo.problem().or(reward_problem) {
                         return bad(&problem);
                     }
                 }
                 StageKind::Sft if s.batch_size == 0 => return bad("batch_size must be positive"),
-                _ => {}
+                // SFT stages clip their gradients with grpo.max_grad_norm too.
+                StageKind::Sft if !(s.grpo.max_grad_norm.is_finite() && s.grpo.max_grad_norm > 0.0) => {
+                    return bad("max_grad_norm must be > 0");
+                }
+                StageKind::Sft => {}
             }
         }
         Ok(())
@@ -322,6 +330,10 @@ pub fn run(
         let resuming_here = first_step > 0 && resumed_opt.is_some();
         let load_from = if resuming_here && cfg.lora_rank == 0 { &latest } else { &start_dir };
         let mut model = Qwen25Vl::load(load_from, inputs.device, inputs.kind)?;
+        // Sampling ends at `<|im_end|>` and at the checkpoint's own end tokens (hub Qwen2.5-VL
+        // also ends on `<|endoftext|>`): text after them is neither trained on nor penalised.
+        let mut stops = vec![stop];
+        stops.extend(model.config().eos_token_ids.iter().copied().filter(|id| *id != stop));
         if let Some(m) = MonovlmMeta::read(&start_dir)? {
             meta = m;
         }
@@ -398,7 +410,7 @@ pub fn run(
                         &mut opt,
                         lr,
                         &prompts,
-                        &[stop],
+                        &stops,
                         &mut score,
                         &stage.grpo,
                         step + 1,
@@ -733,5 +745,21 @@ mod tests {
             let e = cfg.validate().unwrap_err().to_string();
             assert!(e.contains("\"g\"") && e.contains(need), "{settings}: {e}");
         }
+        // Reward parameters that would make the reward constant, inverted or NaN.
+        for (reward, need) in [
+            ("{ kind = \"centre\", beta = 0.0 }", "beta"),
+            ("{ kind = \"centre\", beta = -0.3 }", "beta"),
+            ("{ kind = \"compound\", beta_loc = 0.5, beta_size = 2.0, weights = [1, 1, -1, 1] }", "weights"),
+        ] {
+            let text = grpo("group_size = 4").replace("{ kind = \"iou2d\" }", reward);
+            let cfg: CurriculumConfig = toml::from_str(&text).unwrap();
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(need), "{reward}: {e}");
+        }
+        // An SFT stage clips with grpo.max_grad_norm: a zero one would zero every update.
+        let sft =
+            "[[stage]]\nname = \"s\"\nkind = \"sft\"\nsteps = 1\nlr = 1e-4\ngrpo = { max_grad_norm = 0.0 }\n";
+        let e = toml::from_str::<CurriculumConfig>(sft).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("max_grad_norm"), "{e}");
     }
 }

@@ -44,7 +44,8 @@ enum Command {
         /// Output calibration file.
         #[arg(long)]
         out: PathBuf,
-        /// Output format (default: KITTI for .txt, else OpenCV).
+        /// Output format (default: OpenCV; KITTI calib files hold no lens distortion, which a
+        /// calibration estimates, so they are refused before the images are read).
         #[arg(long)]
         format: Option<CalibFormat>,
         /// Camera name written into the file.
@@ -166,16 +167,22 @@ fn main() -> anyhow::Result<()> {
                 fix_principal_point,
                 ..CalibrationOptions::default()
             };
-            let format = format.unwrap_or(if out.extension().is_some_and(|e| e == "txt") {
-                CalibFormat::Kitti
-            } else {
-                CalibFormat::OpenCv
-            });
+            let format = format.unwrap_or(CalibFormat::OpenCv);
+            if format == CalibFormat::Kitti {
+                anyhow::bail!(
+                    "--out {}: a KITTI calib file has no lens distortion, which calibration estimates; \
+                     write OpenCV YAML (--format opencv) or ROS camera_info (--format ros), and convert \
+                     undistorted images' cameras with `undistort --write-calib`",
+                    out.display()
+                );
+            }
             run_calibrate(&images, &board, &options, &out, format, &camera_name, report.as_deref())
         }
         Command::Undistort { calib, input, output, new_camera: policy, write_calib } => {
-            let (k, _) = read_intrinsics(&calib, &ReadOptions::default())?;
             let img = image::open(&input).with_context(|| format!("reading {}", input.display()))?.to_rgb8();
+            // KITTI calib files carry no image size: the image gives it.
+            let (k, _) =
+                read_intrinsics(&calib, &ReadOptions::default().with_image_size(img.width(), img.height()))?;
             let policy = match policy {
                 NewCameraArg::Same => NewCamera::Same,
                 NewCameraArg::CropValid => NewCamera::CropValid,

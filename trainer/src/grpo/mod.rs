@@ -3,7 +3,8 @@
 //! clipping and dual clip, token-mean aggregation, and a k3 KL penalty to a fixed reference policy.
 //!
 //! No forward pass is wasted: the prompt is prefilled once for its G samples, the old log-probs are
-//! those recorded while sampling, the image is encoded once per group in the update, the reference
+//! those recorded while sampling (in f32; in bf16/f16 they are recomputed with the training
+//! forward, which the sampler does not match closely enough there), the image is encoded once per group in the update, the reference
 //! is evaluated once per rollout, and groups whose rewards are all equal (zero advantage) are
 //! counted and skipped.
 
@@ -123,6 +124,11 @@ pub struct PolicyLoss {
     pub clipped: Tensor,
 }
 
+/// Bound on `ref - logp` in the k3 estimator.
+const KL_LOG_RATIO_MAX: f64 = 20.0;
+/// Bound on the k3 estimate per token.
+const KL_MAX: f64 = 10.0;
+
 /// The loss terms for tokens with log-probs `logp` (current policy, with gradient), `old_logp`
 /// (at sampling), `ref_logp` (reference) and advantages `adv` (the sequence's, per token).
 pub fn policy_loss(
@@ -141,8 +147,10 @@ pub fn policy_loss(
     let negative = adv.lt(0.0);
     let pg = dual.where_self(&negative, &clipped_loss);
     let clipped = loss2.gt_tensor(&loss1).logical_or(&negative.logical_and(&clipped_loss.gt_tensor(&loss3)));
-    let d = ref_logp - logp;
-    let kl = d.exp() - &d - 1.0;
+    // Clamped as EasyR1's `low_var_kl`: one token far below the reference must not make the
+    // loss overflow (its exp) and stop the run.
+    let d = (ref_logp - logp).clamp(-KL_LOG_RATIO_MAX, KL_LOG_RATIO_MAX);
+    let kl = (d.exp() - &d - 1.0).clamp(-KL_MAX, KL_MAX);
     PolicyLoss { pg, kl, clipped: clipped.to_kind(Kind::Float) }
 }
 
@@ -175,13 +183,13 @@ pub struct StepMetrics {
     pub response_len: f64,
     /// Groups whose rewards were all equal (skipped).
     pub zero_spread_groups: usize,
-    /// Mean policy loss.
+    /// Mean loss per mini-batch: the clipped surrogate plus `kl_coef` times the KL.
     pub loss: f64,
     /// Gradient norm of the last update, before clipping.
     pub grad_norm: f64,
     /// Sampled tokens per second of generation.
     pub gen_tokens_per_s: f64,
-    /// Seconds in generation, reference and update.
+    /// Seconds sampling the answers and scoring them.
     pub time_gen_s: f64,
     /// Seconds computing reference log-probs.
     pub time_ref_s: f64,
@@ -287,10 +295,27 @@ pub fn grpo_step(
         return Ok(m);
     }
 
-    // Reference log-probs, once per rollout.
+    if matches!(reference, Reference::AdaptersOff) && model.lora().is_none() {
+        return Err(Error::InvalidConfig(
+            "the reference is the model with its adapters off, but it has no LoRA adapters: the KL \
+             term would always be 0"
+                .into(),
+        ));
+    }
+    // Reference log-probs, once per rollout. In bf16/f16 the sampler (KV cache, merged weights,
+    // other kernels) differs from the training forward by more than the clip range cares about,
+    // so the old log-probs are recomputed with the training forward too (verl/EasyR1 always do);
+    // in f32 the sampler's agree with it to ~1e-6 and are used as they are.
     let t1 = Instant::now();
+    let recompute_old = model.kind() != Kind::Float;
     let mut refs = Vec::with_capacity(groups.len());
+    let mut olds = Vec::with_capacity(groups.len());
     for g in &groups {
+        if recompute_old {
+            olds.push(Some(tch::no_grad(|| group_logprobs(model, g, cfg.temperature))?.0.detach()));
+        } else {
+            olds.push(None);
+        }
         let r = tch::no_grad(|| match reference {
             Reference::AdaptersOff => {
                 model.set_adapters_enabled(false);
@@ -310,13 +335,12 @@ pub fn grpo_step(
     let updates = cfg.updates_per_rollout.clamp(1, groups.len());
     let per = groups.len().div_ceil(updates);
     let (mut kl_sum, mut clip_sum, mut ent_sum, mut loss_sum, mut tok_sum) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    for (chunk, chunk_refs) in groups.chunks(per).zip(refs.chunks(per)) {
+    for ((chunk, chunk_refs), chunk_olds) in groups.chunks(per).zip(refs.chunks(per)).zip(olds.chunks(per)) {
         let tokens: usize =
             chunk.iter().map(|g| g.completions.iter().map(|c| c.tokens.len()).sum::<usize>()).sum();
         model.params().zero_grad();
-        for (g, ref_logp) in chunk.iter().zip(chunk_refs) {
+        for ((g, ref_logp), recomputed) in chunk.iter().zip(chunk_refs).zip(chunk_olds) {
             let (logp, entropy) = group_logprobs(model, g, cfg.temperature)?;
-            let old: Vec<f32> = g.completions.iter().flat_map(|c| c.logprobs.iter().copied()).collect();
             let adv: Vec<f32> = g
                 .completions
                 .iter()
@@ -324,7 +348,14 @@ pub fn grpo_step(
                 .flat_map(|(c, &a)| std::iter::repeat_n(a as f32, c.tokens.len()))
                 .collect();
             let device = logp.device();
-            let old = Tensor::from_slice(&old).to_device(device);
+            let old = match recomputed {
+                Some(old) => old.shallow_clone(),
+                None => {
+                    let old: Vec<f32> =
+                        g.completions.iter().flat_map(|c| c.logprobs.iter().copied()).collect();
+                    Tensor::from_slice(&old).to_device(device)
+                }
+            };
             let adv = Tensor::from_slice(&adv).to_device(device);
             let terms = policy_loss(&logp, &old, ref_logp, &adv, cfg);
             let per_token = &terms.pg + &terms.kl * cfg.kl_coef;
@@ -420,6 +451,15 @@ mod tests {
             assert!((got - (d.exp() - d - 1.0)).abs() < 1e-6);
         }
         assert!(k.iter().all(|&x| x >= 0.0));
+    }
+
+    #[test]
+    fn the_kl_term_is_bounded_for_a_token_far_below_the_reference() {
+        let cfg = GrpoConfig::default();
+        let logp = t(&[-200.0, -1.0]);
+        let reference = t(&[-0.1, -1.0]);
+        let p = policy_loss(&logp, &logp, &reference, &t(&[0.0, 0.0]), &cfg);
+        assert_eq!(vals(&p.kl), [KL_MAX, 0.0]);
     }
 
     #[test]

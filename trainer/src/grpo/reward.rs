@@ -38,6 +38,24 @@ impl RewardKind {
     pub fn compound() -> Self {
         Self::Compound { beta_loc: 0.5, beta_size: 2.0, weights: [1.0; 4] }
     }
+
+    /// What is wrong with the parameters, if anything: betas must be finite and positive (a zero
+    /// beta makes the term constant, a negative one rewards distance), weights finite and not
+    /// negative.
+    pub fn problem(&self) -> Option<String> {
+        let beta_ok = |b: f64| b.is_finite() && b > 0.0;
+        match self {
+            Self::Iou2d => None,
+            Self::Centre { beta } if !beta_ok(*beta) => Some(format!("reward beta {beta} must be > 0")),
+            Self::Compound { beta_loc, beta_size, .. } if !(beta_ok(*beta_loc) && beta_ok(*beta_size)) => {
+                Some(format!("reward beta_loc {beta_loc} and beta_size {beta_size} must be > 0"))
+            }
+            Self::Compound { weights, .. } if !weights.iter().all(|w| w.is_finite() && *w >= 0.0) => {
+                Some(format!("reward weights {weights:?} must be finite and >= 0"))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A stage's reward: task term plus `w_fmt` times the format term.
@@ -79,6 +97,9 @@ pub struct RewardParts {
 
 const SIZE_EPS: f64 = 1e-6;
 
+/// Largest centre error a reward sees, metres.
+const MAX_CENTRE_ERR_M: f64 = 1e6;
+
 /// Scores generated `text` against `target`.
 pub fn reward(text: &str, target: &Target, cfg: &RewardConfig) -> RewardParts {
     match parse_answer(text) {
@@ -90,7 +111,8 @@ pub fn reward(text: &str, target: &Target, cfg: &RewardConfig) -> RewardParts {
 /// Scores a parsed answer.
 pub fn score(answer: &Answer, target: &Target, cfg: &RewardConfig) -> RewardParts {
     let (p, g) = (&answer.bbox_3d, &target.box3d);
-    let centre_err_m = ((p.x - g.x).powi(2) + (p.y - g.y).powi(2) + (p.z - g.z).powi(2)).sqrt();
+    // Bounded, so that a parsable but absurd answer (1e200 m) cannot make the reward inf or NaN.
+    let centre_err_m = (p.x - g.x).hypot(p.y - g.y).hypot(p.z - g.z).min(MAX_CENTRE_ERR_M);
     let size_l1 = (p.l - g.l).abs() + (p.w - g.w).abs() + (p.h - g.h).abs();
     let size_err = size_l1 / (g.l.abs() + g.w.abs() + g.h.abs() + SIZE_EPS);
     let yaw = 0.5 * ((p.yaw - g.yaw).cos() + 1.0);

@@ -111,10 +111,15 @@ impl Linear {
         Ok(())
     }
 
-    /// The effective weight `W + scale B A` (equal to `W` without an adapter).
+    /// The effective weight `W + scale B A` (equal to `W` without an adapter), summed in f32 and
+    /// rounded once to the weight's dtype (in bf16, `B A` and the sum rounded separately would
+    /// lose most of an early adapter's update).
     pub fn merged_weight(&self) -> Tensor {
         match &self.lora {
-            Some(l) => tch::no_grad(|| &self.weight + l.b.matmul(&l.a) * l.scale),
+            Some(l) => tch::no_grad(|| {
+                let f = |t: &Tensor| t.to_kind(tch::Kind::Float);
+                (f(&self.weight) + f(&l.b).matmul(&f(&l.a)) * l.scale).to_kind(self.weight.kind())
+            }),
             None => self.weight.shallow_clone(),
         }
     }

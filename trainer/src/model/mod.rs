@@ -387,6 +387,12 @@ impl Qwen25Vl {
         if longest == 0 || prompt.is_empty() {
             return Err(Error::ModelInput("answers_logprobs needs a prompt and a non-empty answer".into()));
         }
+        let vocab = self.config.text.vocab_size;
+        if let Some(id) = answers.iter().flatten().find(|&&id| !(0..vocab).contains(&id)) {
+            return Err(Error::ModelInput(format!(
+                "answer token id {id} is outside the vocabulary of {vocab}"
+            )));
+        }
         let features = match pixel_values {
             Some(p) => Some(self.image_features(p, grids)?),
             None => None,

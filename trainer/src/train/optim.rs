@@ -57,17 +57,23 @@ impl AdamW {
     /// # Errors
     /// [`Error::ModelInput`] when the store's trainable parameters changed since construction.
     pub fn step(&mut self, store: &ParamStore, lr: f64) -> Result<()> {
+        // Checked before anything moves: a refused step changes no parameter, moment or count.
+        let trainable: Vec<_> = store.trainable().collect();
+        let mismatch = self
+            .state
+            .iter()
+            .enumerate()
+            .find(|(i, (name, _, _))| trainable.get(*i).is_none_or(|p| &p.name != name));
+        if let Some((_, (name, _, _))) = mismatch {
+            return Err(Error::ModelInput(format!("optimiser state and parameters disagree at {name}")));
+        }
         self.step += 1;
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let bias1 = 1.0 - b1.powi(self.step as i32);
         let bias2_sqrt = (1.0 - b2.powi(self.step as i32)).sqrt();
         let step_size = lr / bias1;
-        let mut trainable = store.trainable();
         tch::no_grad(|| -> Result<()> {
-            for (name, m, v) in &mut self.state {
-                let p = trainable.next().filter(|p| &p.name == name).ok_or_else(|| {
-                    Error::ModelInput(format!("optimiser state and parameters disagree at {name}"))
-                })?;
+            for ((_, m, v), p) in self.state.iter_mut().zip(&trainable) {
                 let grad = p.tensor.grad();
                 if !grad.defined() {
                     continue;
