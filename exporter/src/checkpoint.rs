@@ -7,7 +7,7 @@
 //! running past the end of a truncated file, or a tensor no part of the config accounts for.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -234,10 +234,5 @@ impl Checkpoint {
             Some(name) => Err(Error::UnexpectedTensor { name: name.clone() }),
             None => Ok(()),
         }
-    }
-
-    /// Shapes of all tensors, by hub name (for reports and tests).
-    pub fn shapes(&self) -> HashMap<String, Vec<i64>> {
-        self.tensors.iter().map(|(k, e)| (k.clone(), e.shape.clone())).collect()
     }
 }

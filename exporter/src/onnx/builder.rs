@@ -132,14 +132,6 @@ impl TensorData {
         )
     }
 
-    /// An i64 tensor.
-    ///
-    /// # Errors
-    /// As [`TensorData::f32`].
-    pub fn i64(dims: &[i64], data: &[i64]) -> Result<Self> {
-        Self::from_bytes(DataType::Int64, dims, data.iter().flat_map(|v| v.to_le_bytes()).collect())
-    }
-
     /// A u8 tensor.
     ///
     /// # Errors
@@ -419,15 +411,6 @@ impl GraphBuilder {
         let outputs: Vec<String> = output_names.iter().map(|s| (*s).to_owned()).collect();
         self.push_node(op_type, domain, inputs, outputs.clone(), attrs);
         Ok(outputs.into_iter().map(Value).collect())
-    }
-
-    /// An `Identity` node writing `value` under `name` (to expose an intermediate value as an output).
-    ///
-    /// # Errors
-    /// [`Error::Graph`] when the name is taken.
-    pub fn rename(&mut self, value: &Value, name: &str) -> Result<Value> {
-        let out = self.op_named("Identity", "", &[value], &[name], Vec::new())?;
-        out.into_iter().next().ok_or_else(|| Error::Graph("Identity has no output".into()))
     }
 
     /// The finished graph.
