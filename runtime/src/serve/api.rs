@@ -464,8 +464,9 @@ async fn ground(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) ->
         Some(b64) => {
             // Shed load before decoding (an image decodes to many times its upload): a full
             // queue, or as many decodes running as the queue holds, is a 503 now.
-            let permit = s.decode_permits.clone().try_acquire_owned();
-            let Ok(permit) = permit.map_err(drop) else { return Err(queue_full(&s)) };
+            let Ok(permit) = s.decode_permits.clone().try_acquire_owned() else {
+                return Err(queue_full(&s));
+            };
             if s.queue_depth.load(Ordering::SeqCst) >= s.config.queue_capacity {
                 return Err(queue_full(&s));
             }
