@@ -60,6 +60,12 @@ fn dtype_size(dtype: &str) -> Option<u64> {
 }
 
 /// Reads the header of one safetensors file and checks every tensor lies inside the file.
+/// Whether `name` is one plain file name (no directory part, not `.` or `..`).
+fn is_plain_file_name(name: &str) -> bool {
+    let mut parts = Path::new(name).components();
+    matches!((parts.next(), parts.next()), (Some(std::path::Component::Normal(_)), None))
+}
+
 fn read_header(path: &Path, file_index: usize) -> Result<Vec<(String, Entry)>> {
     let err = io_err(path);
     let mut f = File::open(path).map_err(&err)?;
@@ -142,7 +148,21 @@ impl Checkpoint {
             let map = value.get("weight_map").and_then(Value::as_object).ok_or_else(|| {
                 Error::Checkpoint { path: index.clone(), message: "no weight_map object".into() }
             })?;
-            let mut shards: Vec<&str> = map.values().filter_map(Value::as_str).collect();
+            let mut shards = Vec::with_capacity(map.len());
+            for (name, file) in map {
+                // A shard is a file beside the index: a path that climbs out or is absolute is refused.
+                match file.as_str() {
+                    Some(f) if is_plain_file_name(f) => shards.push(f),
+                    _ => {
+                        return Err(Error::Checkpoint {
+                            path: index.clone(),
+                            message: format!(
+                                "tensor {name}: shard {file} is not a file name in the checkpoint directory"
+                            ),
+                        });
+                    }
+                }
+            }
             shards.sort_unstable();
             shards.dedup();
             shards.into_iter().map(|s| dir.join(s)).collect()

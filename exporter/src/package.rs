@@ -250,13 +250,22 @@ pub fn export(
         }
     }
     let meta = read_json(&src.join("monovlm.json"))?.unwrap_or_else(|| json!({}));
-    let pixels = |key: &str, default: usize| meta.get(key).and_then(Value::as_u64).unwrap_or(default as u64);
-    let (min_pixels, max_pixels) =
-        (pixels("min_pixels", DEFAULT_MIN_PIXELS), pixels("max_pixels", DEFAULT_MAX_PIXELS));
     let pre_path = src.join("preprocessor_config.json");
-    let pre = match read_json(&pre_path)? {
-        Some(v) => v,
-        None => preprocessor_config(min_pixels, max_pixels),
+    let pre = read_json(&pre_path)?;
+    let (min_pixels, max_pixels) = pixel_bounds(&meta, pre.as_ref(), &pre_path)?;
+    let pre = match pre {
+        // The runtime and Hugging Face's processor read the preprocessor's bounds: they are
+        // written there too, so both files of the package say the same.
+        Some(Value::Object(mut fields)) => {
+            fields.insert("min_pixels".into(), json!(min_pixels));
+            fields.insert("max_pixels".into(), json!(max_pixels));
+            if let Some(Value::Object(size)) = fields.get_mut("size") {
+                size.insert("shortest_edge".into(), json!(min_pixels));
+                size.insert("longest_edge".into(), json!(max_pixels));
+            }
+            Value::Object(fields)
+        }
+        _ => preprocessor_config(min_pixels, max_pixels),
     };
     files.push(FileReport {
         path: "preprocessor_config.json".into(),
@@ -268,16 +277,18 @@ pub fn export(
         bytes: write_json(&dir.join("monovlm.json"), &package_meta)?,
     });
 
-    // Into place: the temporary directory becomes `out`; an old package is moved aside first and
-    // removed only once the new one is in place.
-    let kept = tmp.keep();
+    // Into place: the files reach the disk, then the temporary directory becomes `out`; an old
+    // package is moved aside first and removed only once the new one is in place.
+    sync_tree(dir)?;
     let backup = if out.exists() {
         let b = parent.join(format!(".monovlm-export-old-{}", std::process::id()));
+        // On failure `tmp` is still owned here, so dropping it removes the new files.
         std::fs::rename(out, &b).map_err(io(out))?;
         Some(b)
     } else {
         None
     };
+    let kept = tmp.keep();
     if let Err(e) = std::fs::rename(&kept, out) {
         if let Some(b) = &backup {
             let _ = std::fs::rename(b, out);
@@ -285,11 +296,63 @@ pub fn export(
         let _ = std::fs::remove_dir_all(&kept);
         return Err(Error::Io { path: out.to_path_buf(), message: e.to_string() });
     }
+    sync_dir(&parent)?;
     if let Some(b) = backup {
         let removed = if b.is_dir() { std::fs::remove_dir_all(&b) } else { std::fs::remove_file(&b) };
         removed.map_err(io(&b))?;
     }
     Ok(ExportReport { package: out.to_path_buf(), files })
+}
+
+/// The image size bounds `(min_pixels, max_pixels)` of the package: the checkpoint's
+/// preprocessor's (`min_pixels`/`max_pixels`, or transformers' newer `size.shortest_edge`/
+/// `size.longest_edge`), else `monovlm.json`'s, else the defaults.
+///
+/// # Errors
+/// [`Error::Checkpoint`] when both files set a bound and disagree (the model was trained at one
+/// of them; which one cannot be told).
+fn pixel_bounds(meta: &Value, pre: Option<&Value>, pre_path: &Path) -> Result<(u64, u64)> {
+    let from_pre = |key: &str, size_key: &str| {
+        let pre = pre?;
+        pre.get(key).and_then(Value::as_u64).or_else(|| pre.get("size")?.get(size_key)?.as_u64())
+    };
+    let mut bounds = [0u64; 2];
+    for (bound, (key, size_key, default)) in bounds.iter_mut().zip([
+        ("min_pixels", "shortest_edge", DEFAULT_MIN_PIXELS),
+        ("max_pixels", "longest_edge", DEFAULT_MAX_PIXELS),
+    ]) {
+        let in_meta = meta.get(key).and_then(Value::as_u64);
+        *bound = match (from_pre(key, size_key), in_meta) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(Error::Checkpoint {
+                    path: pre_path.to_path_buf(),
+                    message: format!("{key} is {a} here but {b} in monovlm.json; make them agree"),
+                });
+            }
+            (Some(v), _) | (None, Some(v)) => v,
+            (None, None) => default as u64,
+        };
+    }
+    Ok((bounds[0], bounds[1]))
+}
+
+/// Flushes every file under `dir` and the directories themselves to the disk, so a package that
+/// has been renamed into place survives a power cut (a vehicle's computer loses power).
+fn sync_tree(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let path = entry.map_err(io(dir))?.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io(&path))?;
+        }
+    }
+    sync_dir(dir)
+}
+
+/// Flushes a directory's entries (the names of the files in it) to the disk.
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io(dir))
 }
 
 /// The Qwen2-VL image processor's `preprocessor_config.json` with our image size bounds.

@@ -338,6 +338,16 @@ pub fn max_abs_diff(actual: &[f32], reference: &[f32]) -> (f32, f32) {
     (diff, reference.iter().map(|v| finite(v.abs())).fold(0.0f32, f32::max))
 }
 
+/// fp32 parity bound against golden outputs: image features absolutely, logits relative to their
+/// scale (see [`Parity::within`]).
+pub const FP32_TOL: f32 = 1e-4;
+
+/// A lossy (int4, fp16) package is refused when its prompt logits differ from the fp32 package's
+/// by this fraction of their scale or more, or are not finite ([`Agreement::relative_logits_error`]).
+/// Token agreement is reported, not gated: on an untrained model the top logits are nearly tied
+/// and any rounding flips them.
+pub const LOSSY_MAX_RELATIVE_ERROR: f32 = 0.5;
+
 /// Agreement of a package with a fixture's golden outputs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Parity {
@@ -359,6 +369,17 @@ impl Parity {
     /// Whether the greedy tokens are identical.
     pub fn tokens_equal(&self) -> bool {
         self.tokens == self.reference_tokens
+    }
+
+    /// Whether the package reproduces the golden outputs: image features within `tol`, prompt and
+    /// every greedy step's logits within `tol` times the logits' scale (at least 1), and the same
+    /// greedy tokens. A NaN anywhere fails (see [`max_abs_diff`]).
+    pub fn within(&self, tol: f32) -> bool {
+        let logits_tol = tol * self.logits_scale.max(1.0);
+        self.vision_max_abs < tol
+            && self.logits_max_abs < logits_tol
+            && self.greedy_logits_max_abs < logits_tol
+            && self.tokens_equal()
     }
 }
 
@@ -441,6 +462,18 @@ pub struct Agreement {
     pub logits_max_abs: f32,
     /// Max |logit| of the reference package (the scale).
     pub logits_scale: f32,
+}
+
+impl Agreement {
+    /// The candidate's largest prompt-logit error as a fraction of the reference's scale
+    /// (infinite when either is not finite or the reference logits are all zero).
+    pub fn relative_logits_error(&self) -> f32 {
+        if self.logits_scale.is_finite() && self.logits_scale > 0.0 && self.logits_max_abs.is_finite() {
+            self.logits_max_abs / self.logits_scale
+        } else {
+            f32::INFINITY
+        }
+    }
 }
 
 /// Runs `prompts` synthetic prompts (image grid `[1, 4, 6]`) through both packages and compares

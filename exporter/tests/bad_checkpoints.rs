@@ -193,3 +193,44 @@ fn force_does_not_replace_the_checkpoint_itself() {
         assert!(ckpt.join("model.safetensors").is_file());
     }
 }
+
+/// A Hugging Face preprocessor (bounds in `size` only) sets the bounds of both package files; a
+/// checkpoint whose two files disagree is refused before anything is written.
+#[test]
+fn the_pixel_bounds_of_both_files_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = copy_checkpoint(tmp.path());
+    let pre = r#"{"image_processor_type": "Qwen2VLImageProcessor", "patch_size": 14,
+                  "size": {"shortest_edge": 6272, "longest_edge": 100352}}"#;
+    std::fs::write(ckpt.join("preprocessor_config.json"), pre).unwrap();
+    let out = tmp.path().join("pkg");
+    export(&ckpt, &out, &ExportOptions::default(), &mut |_| {}).unwrap();
+    let read =
+        |f: &str| -> Value { serde_json::from_str(&std::fs::read_to_string(out.join(f)).unwrap()).unwrap() };
+    let (meta, pre) = (read("monovlm.json"), read("preprocessor_config.json"));
+    assert_eq!((meta["min_pixels"].as_u64(), meta["max_pixels"].as_u64()), (Some(6272), Some(100352)));
+    assert_eq!((pre["min_pixels"].as_u64(), pre["max_pixels"].as_u64()), (Some(6272), Some(100352)));
+    assert_eq!(pre["size"]["longest_edge"], 100352);
+    assert_eq!(pre["image_processor_type"], "Qwen2VLImageProcessor");
+
+    std::fs::write(ckpt.join("monovlm.json"), r#"{"max_pixels": 200704}"#).unwrap();
+    let err = export_error(tmp.path(), &ckpt);
+    assert!(matches!(&err, Error::Checkpoint { .. }), "{err}");
+    assert!(err.to_string().contains("max_pixels is 100352 here but 200704 in monovlm.json"), "{err}");
+}
+
+/// A shard index naming a file outside the checkpoint directory is refused, naming the tensor.
+#[test]
+fn a_shard_outside_the_checkpoint_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = copy_checkpoint(tmp.path());
+    std::fs::rename(ckpt.join("model.safetensors"), tmp.path().join("model.safetensors")).unwrap();
+    for shard in [r#""../model.safetensors""#, r#""/etc/passwd""#, "7"] {
+        let index = format!(r#"{{"weight_map": {{"model.norm.weight": {shard}}}}}"#);
+        std::fs::write(ckpt.join("model.safetensors.index.json"), index).unwrap();
+        let err = export_error(tmp.path(), &ckpt);
+        let msg = err.to_string();
+        assert!(matches!(&err, Error::Checkpoint { .. }), "{msg}");
+        assert!(msg.contains("model.norm.weight") && msg.contains("not a file name"), "{msg}");
+    }
+}

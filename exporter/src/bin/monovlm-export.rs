@@ -12,15 +12,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use monovlm_exporter::Precision;
 use monovlm_exporter::onnx::ExternalData;
 use monovlm_exporter::package::{ExportOptions, GraphFiles, Step, export};
-use monovlm_exporter::validate::{PackageSessions, Reference, agreement, parity};
+use monovlm_exporter::validate::{
+    FP32_TOL, LOSSY_MAX_RELATIVE_ERROR, PackageSessions, Reference, agreement, parity,
+};
 
 /// Prints a line to stdout, returning the error (a closed pipe, say) instead of panicking.
 macro_rules! say {
     ($($arg:tt)*) => { writeln!(std::io::stdout(), $($arg)*)? };
 }
 
-/// fp32 parity bound against a fixture's golden outputs (image features, logits relative to their scale).
-const FP32_TOL: f32 = 1e-4;
 /// Prompts and greedy tokens of the fp32-vs-variant comparison.
 const AGREEMENT_PROMPTS: usize = 8;
 const AGREEMENT_TOKENS: usize = 8;
@@ -143,9 +143,11 @@ fn validate(cli: &Cli, precision: Precision) -> Result<()> {
             p.logits_scale,
             if p.tokens_equal() { "identical" } else { "DIFFERENT" }
         );
-        let within = p.vision_max_abs < FP32_TOL && p.logits_max_abs < FP32_TOL * p.logits_scale.max(1.0);
-        if precision == Precision::Fp32 && !(within && p.tokens_equal()) {
-            bail!("fp32 package disagrees with the golden outputs");
+        if precision == Precision::Fp32 && !p.within(FP32_TOL) {
+            bail!(
+                "fp32 package disagrees with the golden outputs (greedy-step logits max |diff| {:.2e})",
+                p.greedy_logits_max_abs
+            );
         }
     }
     if precision != Precision::Fp32 {
@@ -166,6 +168,16 @@ fn validate(cli: &Cli, precision: Precision) -> Result<()> {
             a.identical_prompts,
             a.prompts
         );
+        let relative = a.relative_logits_error();
+        if relative >= LOSSY_MAX_RELATIVE_ERROR {
+            bail!(
+                "{} package: its logits differ from fp32 by {:.0}% of their scale (at most {:.0}% passes); \
+                 the quantised weights do not hold this model",
+                precision.name(),
+                relative * 100.0,
+                LOSSY_MAX_RELATIVE_ERROR * 100.0
+            );
+        }
     } else if !golden.is_file() {
         // A checkpoint without golden outputs: a smoke run on a synthetic prompt.
         let mut twice = PackageSessions::open(&cli.out, &files, cli.threads)?;
