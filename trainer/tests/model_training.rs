@@ -78,6 +78,13 @@ fn checkpoints_round_trip_single_sharded_and_bf16() {
         assert_eq!(max_diff(&logits(&back), &want), 0.0, "{sub}");
     }
     assert!(MonovlmMeta::read(&tmp.join("single")).unwrap().is_some());
+    // An index naming a shard outside its directory is refused before anything is read.
+    let index = tmp.join("sharded/model.safetensors.index.json");
+    let good = std::fs::read_to_string(&index).unwrap();
+    std::fs::write(&index, good.replacen("model-00002-of-00005", "../single/model", 1)).unwrap();
+    let err = Qwen25Vl::load(&tmp.join("sharded"), Device::Cpu, Kind::Float).err().unwrap().to_string();
+    assert!(err.contains("is not a file name in the checkpoint directory"), "{err}");
+    std::fs::write(&index, good).unwrap();
     // bf16 storage: loads back (in f32) close to the original.
     save(&mut model, &tmp.join("bf16"), Kind::BFloat16, usize::MAX);
     let back = Qwen25Vl::load(&tmp.join("bf16"), Device::Cpu, Kind::Float).unwrap();

@@ -134,7 +134,23 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| Error::Json { path: index.clone(), message: "no weight_map object".into() })?;
-        let mut files: Vec<String> = map.values().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+        let mut files = Vec::with_capacity(map.len());
+        for (name, file) in map {
+            // A shard is a file beside the index: a path that climbs out or is absolute is refused.
+            let plain = file.as_str().filter(|f| {
+                let mut parts = Path::new(f).components();
+                matches!((parts.next(), parts.next()), (Some(std::path::Component::Normal(_)), None))
+            });
+            match plain {
+                Some(f) => files.push(f.to_owned()),
+                None => {
+                    return Err(Error::Json {
+                        path: index.clone(),
+                        message: format!("tensor {name}: shard {file} is not a file name in the checkpoint directory"),
+                    });
+                }
+            }
+        }
         files.sort();
         files.dedup();
         Ok(files.into_iter().map(|f| dir.join(f)).collect())
