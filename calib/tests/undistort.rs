@@ -91,3 +91,42 @@ fn interpolation_weights_preserve_flat_images_everywhere() {
         assert!(out.pixels().all(|p| p.0 == [200, 17, 255] || p.0 == [0, 0, 0]));
     }
 }
+
+/// A strong barrel lens (k1 = -0.5) folds at r^2 = 1 / 1.5: rays beyond it map back inside the
+/// image under the polynomial. The map gives them no source (no ghost copy of the centre in the
+/// corners), and the inverse refuses a pixel whose only preimage lies beyond the fold.
+#[test]
+fn rays_beyond_the_lens_fold_have_no_source() {
+    let k = Intrinsics::new(300.0, 300.0, 320.0, 240.0, 640, 480)
+        .unwrap()
+        .with_distortion(Distortion::new(-0.5, 0.0, 0.0, 0.0, 0.0).unwrap());
+    let d = *k.distortion().unwrap();
+    // The corner ray (r = 1.33) is past the fold, and the polynomial lands it near the centre.
+    let (x, y) = (-320.0 / 300.0, -240.0 / 300.0);
+    assert!(!d.is_valid_at(x, y));
+    let (xd, yd) = d.distort(x, y);
+    assert!(xd.hypot(yd) < 0.2, "({xd}, {yd})");
+    let white = image::GrayImage::from_pixel(640, 480, image::Luma([255]));
+    let out = UndistortMap::new(&k, &new_camera(&k, NewCamera::Same).unwrap()).unwrap().remap_gray(&white).unwrap();
+    assert_eq!(out.get_pixel(0, 0).0, [0], "the corner has a (folded) source");
+    assert_eq!(out.get_pixel(320, 240).0, [255]);
+    // Every pixel with a source is inside the fold, and every one inside it (and inside the
+    // image) has a source.
+    for v in (0..480).step_by(7) {
+        for u in (0..640).step_by(7) {
+            let (x, y) = ((f64::from(u) - 320.0) / 300.0, (f64::from(v) - 240.0) / 300.0);
+            let (xd, yd) = d.distort(x, y);
+            let (sx, sy) = (300.0 * xd + 320.0, 300.0 * yd + 240.0);
+            let in_image = sx > 0.0 && sy > 0.0 && sx < 639.0 && sy < 479.0;
+            let lit = out.get_pixel(u, v).0 == [255];
+            assert_eq!(lit, d.is_valid_at(x, y) && in_image, "pixel ({u}, {v})");
+        }
+    }
+    // The fold's image radius is r_f (1 + k1 r_f^2) = 0.544: a distorted point beyond it has no
+    // valid preimage, one inside has exactly one, which round-trips.
+    assert!(d.undistort(0.6, 0.0).is_none());
+    let (x, y) = d.undistort(0.5, 0.0).unwrap();
+    assert!(d.is_valid_at(x, y));
+    let (xd, _) = d.distort(x, y);
+    assert!((xd - 0.5).abs() < 1e-9, "{xd}");
+}
