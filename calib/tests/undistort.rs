@@ -107,7 +107,8 @@ fn rays_beyond_the_lens_fold_have_no_source() {
     let (xd, yd) = d.distort(x, y);
     assert!(xd.hypot(yd) < 0.2, "({xd}, {yd})");
     let white = image::GrayImage::from_pixel(640, 480, image::Luma([255]));
-    let out = UndistortMap::new(&k, &new_camera(&k, NewCamera::Same).unwrap()).unwrap().remap_gray(&white).unwrap();
+    let out =
+        UndistortMap::new(&k, &new_camera(&k, NewCamera::Same).unwrap()).unwrap().remap_gray(&white).unwrap();
     assert_eq!(out.get_pixel(0, 0).0, [0], "the corner has a (folded) source");
     assert_eq!(out.get_pixel(320, 240).0, [255]);
     // Every pixel with a source is inside the fold, and every one inside it (and inside the

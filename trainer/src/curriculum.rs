@@ -150,8 +150,9 @@ impl CurriculumConfig {
             if s.name.is_empty() || s.name.contains(['/', '\\']) {
                 return bad("the name must be non-empty and hold no path separator");
             }
-            if !s.w_fmt.is_finite() {
-                return bad("w_fmt must be finite");
+            if !(s.w_fmt.is_finite() && s.w_fmt >= 0.0) {
+                // A negative bonus would rank a broken answer (0) above a parsed, poor one.
+                return bad("w_fmt must be finite and >= 0");
             }
             match s.kind {
                 StageKind::Grpo if s.reward.is_none() => return bad("a grpo stage needs a reward"),
@@ -750,12 +751,17 @@ mod tests {
             ("{ kind = \"centre\", beta = 0.0 }", "beta"),
             ("{ kind = \"centre\", beta = -0.3 }", "beta"),
             ("{ kind = \"compound\", beta_loc = 0.5, beta_size = 2.0, weights = [1, 1, -1, 1] }", "weights"),
+            ("{ kind = \"compound\", beta_loc = 0.5, beta_size = 2.0, weights = [0, 0, 0, 0] }", "all zero"),
         ] {
             let text = grpo("group_size = 4").replace("{ kind = \"iou2d\" }", reward);
             let cfg: CurriculumConfig = toml::from_str(&text).unwrap();
             let e = cfg.validate().unwrap_err().to_string();
             assert!(e.contains(need), "{reward}: {e}");
         }
+        // A negative format bonus would rank a broken answer above a parsed one.
+        let text = grpo("group_size = 4").replace("reward =", "w_fmt = -0.3\nreward =");
+        let e = toml::from_str::<CurriculumConfig>(&text).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("w_fmt"), "{e}");
         // An SFT stage clips with grpo.max_grad_norm: a zero one would zero every update.
         let sft =
             "[[stage]]\nname = \"s\"\nkind = \"sft\"\nsteps = 1\nlr = 1e-4\ngrpo = { max_grad_norm = 0.0 }\n";

@@ -138,7 +138,9 @@ pub fn policy_loss(
     adv: &Tensor,
     cfg: &GrpoConfig,
 ) -> PolicyLoss {
-    let ratio = (logp - old_logp).exp();
+    // Clamped as EasyR1's: a log-ratio above ~88 overflows f32's exp, and `0 * inf` would turn a
+    // zero-advantage token's loss (or the unselected clip branch's gradient) into NaN.
+    let ratio = (logp - old_logp).clamp(-20.0, 20.0).exp();
     let loss1 = -adv * &ratio;
     let loss2 = -adv * ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high);
     let clipped_loss = loss1.maximum(&loss2);
@@ -460,6 +462,20 @@ mod tests {
         let reference = t(&[-0.1, -1.0]);
         let p = policy_loss(&logp, &logp, &reference, &t(&[0.0, 0.0]), &cfg);
         assert_eq!(vals(&p.kl), [KL_MAX, 0.0]);
+    }
+
+    #[test]
+    fn a_huge_ratio_is_clipped_not_nan() {
+        let cfg = GrpoConfig::default();
+        // A log-ratio of 100 overflows f32's exp; clamped, the zero-advantage token's loss is 0 and
+        // the positive one's gradient is finite.
+        let logp = t(&[-1.0, -1.0]).set_requires_grad(true);
+        let old = t(&[-101.0, -101.0]);
+        let p = policy_loss(&logp, &old, &old, &t(&[0.0, 1.0]), &cfg);
+        let pg = vals(&p.pg);
+        assert!(pg[0] == 0.0 && (pg[1] + 1.3).abs() < 1e-6, "{pg:?}");
+        p.pg.sum(Kind::Float).backward();
+        assert!(vals(&logp.grad()).iter().all(|g| g.is_finite()), "{:?}", vals(&logp.grad()));
     }
 
     #[test]

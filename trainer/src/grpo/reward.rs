@@ -1,6 +1,9 @@
 //! MonoVLM's verifiable rewards, one per curriculum stage, each plus `w_fmt` times the format
-//! reward (1 when the protocol parser accepts the answer, EasyR1 style). An unparsable answer gets
-//! 0 in total.
+//! reward (1 when the protocol parser accepts the answer). An unparsable answer gets 0 in total.
+//! The format term is an additive bonus, not EasyR1's convex mix `(1 - w) task + w format`: group
+//! normalisation removes constants, so `w_fmt` only sets the gap between a parsed answer and an
+//! unparsed one, the same gap in every stage whatever the task term's range (1, or the sum of the
+//! compound weights).
 //!
 //! - stage 1, [`RewardKind::Iou2d`]: `IoU_2d(pred, gt)` in model-input pixels;
 //! - stage 2, [`RewardKind::Centre`]: `exp(-beta |c_pred - c_gt|_2)` on 3D centres (metres);
@@ -40,8 +43,8 @@ impl RewardKind {
     }
 
     /// What is wrong with the parameters, if anything: betas must be finite and positive (a zero
-    /// beta makes the term constant, a negative one rewards distance), weights finite and not
-    /// negative.
+    /// beta makes the term constant, a negative one rewards distance), weights finite, not
+    /// negative and not all zero (a constant reward gives every group zero spread: nothing learns).
     pub fn problem(&self) -> Option<String> {
         let beta_ok = |b: f64| b.is_finite() && b > 0.0;
         match self {
@@ -53,6 +56,9 @@ impl RewardKind {
             Self::Compound { weights, .. } if !weights.iter().all(|w| w.is_finite() && *w >= 0.0) => {
                 Some(format!("reward weights {weights:?} must be finite and >= 0"))
             }
+            Self::Compound { weights, .. } if weights.iter().sum::<f64>() <= 0.0 => {
+                Some(format!("reward weights {weights:?} are all zero: the reward would be constant"))
+            }
             _ => None,
         }
     }
@@ -63,7 +69,7 @@ impl RewardKind {
 pub struct RewardConfig {
     /// The task term.
     pub kind: RewardKind,
-    /// Weight of the format reward (EasyR1's default 0.1).
+    /// Weight of the format reward, `>= 0` (0.1 by default, EasyR1's format weight; added, not mixed).
     pub w_fmt: f64,
 }
 
@@ -189,6 +195,17 @@ mod tests {
         let iou = 4.0 * 2.0 * 1.5 / (5.0 * 2.0 * 1.5);
         let want = iou + 1.0 + (-2.0 / 7.5f64).exp() + 1.0 + 0.1;
         assert!((r.total - want).abs() < 1e-6, "{} vs {want}", r.total);
+    }
+
+    #[test]
+    fn parameters_that_teach_nothing_or_reward_distance_are_named() {
+        assert_eq!(RewardKind::compound().problem(), None);
+        let RewardKind::Compound { beta_loc, beta_size, .. } = RewardKind::compound() else { unreachable!() };
+        let zero = RewardKind::Compound { beta_loc, beta_size, weights: [0.0; 4] };
+        assert!(zero.problem().unwrap().contains("all zero"));
+        let negative = RewardKind::Compound { beta_loc, beta_size, weights: [1.0, -1.0, 1.0, 1.0] };
+        assert!(negative.problem().unwrap().contains(">= 0"));
+        assert!(RewardKind::Centre { beta: -0.3 }.problem().is_some());
     }
 
     #[test]

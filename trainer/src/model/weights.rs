@@ -146,7 +146,9 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
                 None => {
                     return Err(Error::Json {
                         path: index.clone(),
-                        message: format!("tensor {name}: shard {file} is not a file name in the checkpoint directory"),
+                        message: format!(
+                            "tensor {name}: shard {file} is not a file name in the checkpoint directory"
+                        ),
                     });
                 }
             }
