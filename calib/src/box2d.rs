@@ -1,8 +1,13 @@
 //! Axis-aligned 2D boxes in pixels.
 
+use nalgebra::Point2;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+/// Bisection steps locating where a curve leaves the lens model's valid region (2^-30 of a
+/// sample interval: far below a pixel).
+const BISECTION_STEPS: usize = 30;
 
 /// An axis-aligned image box `[x1, y1, x2, y2]` in pixels: `x2`, `y2` are the exclusive right and
 /// bottom edges, so a box covering a whole `W x H` image is `[0, 0, W, H]` and its area is
@@ -74,6 +79,70 @@ impl Box2d {
             y2: self.y2.clamp(0.0, height),
         };
         (b.x2 > b.x1 && b.y2 > b.y1).then_some(b)
+    }
+}
+
+/// The running bounds of points, for boxes around curved (distorted) outlines.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Bounds {
+    lo: Point2<f64>,
+    hi: Point2<f64>,
+}
+
+impl Bounds {
+    /// Nothing bounded yet.
+    pub(crate) fn new() -> Self {
+        Self {
+            lo: Point2::new(f64::INFINITY, f64::INFINITY),
+            hi: Point2::new(f64::NEG_INFINITY, f64::NEG_INFINITY),
+        }
+    }
+
+    /// Takes in one point.
+    pub(crate) fn grow(&mut self, p: Point2<f64>) {
+        self.lo = self.lo.inf(&p);
+        self.hi = self.hi.sup(&p);
+    }
+
+    /// Takes in the curve `at(t)`, `t` in `[0, 1]`, sampled at `samples` intervals. `at` is `None`
+    /// where the curve has no image (beyond a lens model's fold): between a sample with an image
+    /// and one without, the last point with one is found by bisection, so a curve running out of
+    /// the valid region is bounded up to where it leaves it.
+    pub(crate) fn grow_along(&mut self, samples: usize, at: impl Fn(f64) -> Option<Point2<f64>>) {
+        let samples = samples.max(1);
+        let mut prev: Option<(f64, bool)> = None;
+        for i in 0..=samples {
+            let t = i as f64 / samples as f64;
+            let p = at(t);
+            if let Some(p) = p {
+                self.grow(p);
+            }
+            if let Some((t_prev, valid_prev)) = prev
+                && valid_prev != p.is_some()
+            {
+                let (mut t_ok, mut t_bad) = if valid_prev { (t_prev, t) } else { (t, t_prev) };
+                for _ in 0..BISECTION_STEPS {
+                    let mid = 0.5 * (t_ok + t_bad);
+                    if at(mid).is_some() {
+                        t_ok = mid;
+                    } else {
+                        t_bad = mid;
+                    }
+                }
+                if let Some(p) = at(t_ok) {
+                    self.grow(p);
+                }
+            }
+            prev = Some((t, p.is_some()));
+        }
+    }
+
+    /// The bounds clipped to `[0, width] x [0, height]`; `None` when nothing was taken in or
+    /// nothing of it is inside.
+    pub(crate) fn clipped(&self, width: f64, height: f64) -> Option<Box2d> {
+        let finite = [self.lo.x, self.lo.y, self.hi.x, self.hi.y].iter().all(|v| v.is_finite());
+        finite.then_some(())?;
+        Box2d { x1: self.lo.x, y1: self.lo.y, x2: self.hi.x, y2: self.hi.y }.clipped(width, height)
     }
 }
 

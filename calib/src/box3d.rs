@@ -5,7 +5,7 @@ use std::f64::consts::{PI, TAU};
 use nalgebra::{Point2, Point3};
 use serde::{Deserialize, Serialize};
 
-use crate::box2d::Box2d;
+use crate::box2d::{Bounds, Box2d};
 use crate::camera::Intrinsics;
 use crate::error::{Error, Result};
 
@@ -15,10 +15,6 @@ pub const NEAR_PLANE_M: f64 = 0.05;
 /// Intervals each box edge is sampled at when projecting through a distorted lens (a distorted
 /// edge bends, so its end points no longer bound its image).
 pub const DISTORTED_EDGE_SAMPLES: usize = 16;
-
-/// Bisection steps locating where an edge leaves the lens model's valid radius (2^-30 of a sample
-/// interval: far below a pixel).
-const BISECTION_STEPS: usize = 30;
 
 /// Wraps an angle to `(-pi, pi]`; angles already there are returned unchanged (bit for bit).
 ///
@@ -152,12 +148,7 @@ impl Box3d {
     /// image border instead of shrinking to its corners inside the valid radius.
     pub fn project_to_box2d(&self, k: &Intrinsics) -> Option<Box2d> {
         let corners = self.corners();
-        let mut lo = Point2::new(f64::INFINITY, f64::INFINITY);
-        let mut hi = Point2::new(f64::NEG_INFINITY, f64::NEG_INFINITY);
-        let mut grow = |px: Point2<f64>| {
-            lo = lo.inf(&px);
-            hi = hi.sup(&px);
-        };
+        let mut bounds = Bounds::new();
         for (a, b) in BOX_EDGES {
             let (mut pa, mut pb) = (corners[a], corners[b]);
             match (pa.z >= NEAR_PLANE_M, pb.z >= NEAR_PLANE_M) {
@@ -178,43 +169,14 @@ impl Box3d {
                 // A pinhole maps the segment to a segment: its end points bound it.
                 for p in [pa, pb] {
                     if let Some(px) = k.project(&p) {
-                        grow(px);
+                        bounds.grow(px);
                     }
                 }
-                continue;
-            }
-            let at = |t: f64| pa + (pb - pa) * t;
-            let mut prev: Option<(f64, bool)> = None;
-            for i in 0..=DISTORTED_EDGE_SAMPLES {
-                let t = i as f64 / DISTORTED_EDGE_SAMPLES as f64;
-                let px = k.project(&at(t));
-                if let Some(px) = px {
-                    grow(px);
-                }
-                if let Some((t_prev, valid_prev)) = prev
-                    && valid_prev != px.is_some()
-                {
-                    // Bisect between the valid and the refused sample for the last valid point.
-                    let (mut t_ok, mut t_bad) = if valid_prev { (t_prev, t) } else { (t, t_prev) };
-                    for _ in 0..BISECTION_STEPS {
-                        let mid = 0.5 * (t_ok + t_bad);
-                        if k.project(&at(mid)).is_some() {
-                            t_ok = mid;
-                        } else {
-                            t_bad = mid;
-                        }
-                    }
-                    if let Some(px) = k.project(&at(t_ok)) {
-                        grow(px);
-                    }
-                }
-                prev = Some((t, px.is_some()));
+            } else {
+                bounds.grow_along(DISTORTED_EDGE_SAMPLES, |t| k.project(&(pa + (pb - pa) * t)));
             }
         }
-        if !(lo.x.is_finite() && lo.y.is_finite() && hi.x.is_finite() && hi.y.is_finite()) {
-            return None;
-        }
-        Box2d { x1: lo.x, y1: lo.y, x2: hi.x, y2: hi.y }.clipped(k.width() as f64, k.height() as f64)
+        bounds.clipped(k.width() as f64, k.height() as f64)
     }
 
     /// The projections of the 8 corners (`None` for corners behind the near plane).

@@ -3,7 +3,7 @@
 use nalgebra::{Point2, Point3};
 use serde::{Deserialize, Serialize};
 
-use crate::box2d::Box2d;
+use crate::box2d::{Bounds, Box2d};
 use crate::error::{Error, Result};
 
 /// Points closer to the image plane than this (metres, along z) are not projected.
@@ -382,6 +382,32 @@ impl Intrinsics {
         let Some(d) = &self.distortion else { return *p_px };
         let (xd, yd) = d.distort((p_px.x - self.cx) / self.fx, (p_px.y - self.cy) / self.fy);
         Point2::new(self.fx * xd + self.cx, self.fy * yd + self.cy)
+    }
+
+    /// Where the ideal (undistorted, pinhole) box `b` appears in the distorted image: the
+    /// tightest box around its distorted outline, clipped to the image; `None` when nothing of it
+    /// is visible. Each side is sampled at [`crate::DISTORTED_EDGE_SAMPLES`] intervals (distortion
+    /// bends it); parts of the outline beyond the lens model's fold
+    /// ([`Distortion::is_valid_at`]) are left out, as [`Self::project`] leaves those rays out (the
+    /// polynomial would fold them back inside the image), bisected to where the outline leaves the
+    /// valid region. Without distortion this is `b` clipped.
+    pub fn distort_box(&self, b: &Box2d) -> Option<Box2d> {
+        let (w, h) = (self.width as f64, self.height as f64);
+        let Some(d) = self.distortion.as_ref().filter(|d| !d.is_zero()) else { return b.clipped(w, h) };
+        let corners = [(b.x1, b.y1), (b.x2, b.y1), (b.x2, b.y2), (b.x1, b.y2)];
+        let mut bounds = Bounds::new();
+        for (i, &(ua, va)) in corners.iter().enumerate() {
+            let (ub, vb) = corners[(i + 1) % 4];
+            bounds.grow_along(crate::DISTORTED_EDGE_SAMPLES, |t| {
+                let (x, y) =
+                    ((ua + t * (ub - ua) - self.cx) / self.fx, (va + t * (vb - va) - self.cy) / self.fy);
+                d.is_valid_at(x, y).then(|| {
+                    let (xd, yd) = d.distort(x, y);
+                    Point2::new(self.fx * xd + self.cx, self.fy * yd + self.cy)
+                })
+            });
+        }
+        bounds.clipped(w, h)
     }
 
     /// The ideal (undistorted) pixel of the distorted-image pixel `p_px`.

@@ -3,7 +3,7 @@
 //! Per frame: undistort (when the intrinsics carry distortion), preprocess, run the vision encoder
 //! once; then all queries of the frame go through the decoder as one batch (rows right-padded, as
 //! the fused decoder's `GroupQueryAttention` requires, `docs/model-package.md`), decoding over the
-//! KV cache until every row has emitted `<|im_end|>` or the token limit — greedy, or several
+//! KV cache until every row has emitted `<|im_end|>` (or a config end token) or the token limit — greedy, or several
 //! sampled answers per query merged by their coordinate median ([`crate::decoding`]). Answers are
 //! parsed with [`crate::protocol::parse_answer`]; the 2D box is mapped back to camera pixels and
 //! the 3D box's corners are projected with the camera's own intrinsics (`calib`).
@@ -131,7 +131,8 @@ pub struct Grounding {
     pub error: Option<String>,
     /// Tokens generated for this query over all its samples (stop tokens included).
     pub tokens: usize,
-    /// Whether generation ended on `<|im_end|>` (else on the token limit), for every sample.
+    /// Whether generation ended on `<|im_end|>` or a config end token (else on the token limit),
+    /// for every sample.
     pub stopped: bool,
     /// Answers sampled (1 for greedy decoding).
     pub samples: usize,
@@ -465,6 +466,9 @@ impl Grounder {
         let layers = usize::try_from(cfg.text.num_hidden_layers).unwrap_or(0);
         let image_token = cfg.image_token_id;
         let stop = self.package.special_tokens.im_end;
+        // Generation ends on `<|im_end|>` and on the config's own end tokens (hub Qwen2.5-VL also
+        // ends on `<|endoftext|>`), as the trainer's GRPO sampling does.
+        let stops: Vec<i64> = std::iter::once(stop).chain(cfg.eos_token_ids.iter().copied()).collect();
         let banned = [cfg.image_token_id, cfg.video_token_id];
         let b = prompts.len();
         let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
@@ -554,7 +558,7 @@ impl Grounder {
             for r in 0..b {
                 if !out.stopped[r] && out.tokens[r].len() < max_new {
                     out.tokens[r].push(next[r]);
-                    if next[r] == stop {
+                    if stops.contains(&next[r]) {
                         out.stopped[r] = true;
                     } else {
                         active = true;
@@ -749,40 +753,14 @@ fn repeat_rows(value: &DynValue, n: usize) -> Result<DynValue> {
     Ok(Tensor::from_array((dims, out)).map_err(|e| inference(g, e))?.into_dyn())
 }
 
-/// Points sampled along each side of a 2D box when mapping it through the lens distortion.
-const BOX_EDGE_SAMPLES: usize = 8;
-
 /// The answer in camera terms: the 2D box from model-input pixels to the pinhole (undistorted)
 /// image, then through the distortion into camera pixels; the 3D box's corners projected by the
-/// camera's own intrinsics.
+/// camera's own intrinsics. A 2D box with nothing inside the image (or inside the lens model's
+/// valid region) is reported as answered, in pinhole pixels outside the image.
 fn grounded_box(answer: &protocol::Answer, pre: &Preprocessed, camera: &Intrinsics) -> Result<GroundedBox> {
+    // `NewCamera::Same`: pinhole pixels are the camera's ideal pixels.
     let in_pinhole = pre.resize_map.unmap_box(&answer.bbox_2d);
-    let (w, h) = (f64::from(camera.width()), f64::from(camera.height()));
-    let mapped = if camera.distortion().is_some_and(|d| !d.is_zero()) {
-        let [x1, y1, x2, y2] = in_pinhole.to_array();
-        let mut xs = Vec::new();
-        let mut ys = Vec::new();
-        for i in 0..=BOX_EDGE_SAMPLES {
-            let f = i as f64 / BOX_EDGE_SAMPLES as f64;
-            let (x, y) = (x1 + f * (x2 - x1), y1 + f * (y2 - y1));
-            for p in [Point2::new(x, y1), Point2::new(x, y2), Point2::new(x1, y), Point2::new(x2, y)] {
-                // `NewCamera::Same`: pinhole pixels are the camera's ideal pixels.
-                let q = camera.distort_pixel(&p);
-                xs.push(q.x);
-                ys.push(q.y);
-            }
-        }
-        let fold = |v: &[f64], f: fn(f64, f64) -> f64, init: f64| v.iter().copied().fold(init, f);
-        Box2d::new(
-            fold(&xs, f64::min, f64::INFINITY),
-            fold(&ys, f64::min, f64::INFINITY),
-            fold(&xs, f64::max, f64::NEG_INFINITY),
-            fold(&ys, f64::max, f64::NEG_INFINITY),
-        )?
-    } else {
-        in_pinhole
-    };
-    let clipped = mapped.clipped(w, h).unwrap_or(mapped);
+    let clipped = camera.distort_box(&in_pinhole).unwrap_or(in_pinhole);
     let b3 = answer.bbox_3d;
     let corners = b3.corners();
     Ok(GroundedBox {
@@ -844,5 +822,46 @@ mod tests {
         }
         // Barrel distortion pulls an off-centre box towards the centre.
         assert!(b.bbox_2d_px[0] > ideal[0]);
+    }
+
+    /// A wide-angle barrel lens folds at r = 1/sqrt(3 * 0.35) = 0.98 (490 px here): a box in the
+    /// image corner (r up to 1.47) is bounded by its outline up to the fold, not by folded-back
+    /// points near the centre.
+    #[test]
+    fn a_box_beyond_the_lens_fold_is_bounded_by_its_valid_part() {
+        let camera = Intrinsics::new(500.0, 500.0, 640.0, 360.0, 1280, 720)
+            .unwrap()
+            .with_distortion(Distortion::new(-0.35, 0.0, 0.0, 0.0, 0.0).unwrap());
+        let d = *camera.distortion().unwrap();
+        let corner = Box2d::new(1000.0, 500.0, 1280.0, 720.0).unwrap();
+        let b = camera.distort_box(&corner).unwrap();
+        // Against a brute-force bound: 4,000 points along each side, those inside the fold.
+        let mut want = [f64::INFINITY, f64::INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY];
+        for i in 0..=4000 {
+            let t = f64::from(i) / 4000.0;
+            let (u, v) = (1000.0 + 280.0 * t, 500.0 + 220.0 * t);
+            for (u, v) in [(u, 500.0), (u, 720.0), (1000.0, v), (1280.0, v)] {
+                let (x, y) = ((u - 640.0) / 500.0, (v - 360.0) / 500.0);
+                if d.is_valid_at(x, y) {
+                    let p = camera.distort_pixel(&Point2::new(u, v));
+                    want = [want[0].min(p.x), want[1].min(p.y), want[2].max(p.x), want[3].max(p.y)];
+                }
+            }
+        }
+        for (g, w) in b.to_array().iter().zip(want) {
+            assert!((g - w).abs() < 0.5, "{b:?} vs {want:?}");
+        }
+        // Inside the fold the distorted radius is at most r_f (1 + k1 r_f^2) = 0.653 (327 px).
+        let r_f = (1.0f64 / (3.0 * 0.35)).sqrt();
+        let r_max_px = 500.0 * r_f * (1.0 - 0.35 * r_f * r_f) + 1e-6;
+        assert!(b.x2 - 640.0 <= r_max_px && b.y2 - 360.0 <= r_max_px, "{b:?}");
+        // Unchecked, the polynomial folds the outer corner back next to the centre.
+        let (x, y) = ((1280.0 - 640.0) / 500.0, (720.0 - 360.0) / 500.0);
+        assert!(!d.is_valid_at(x, y));
+        let folded = camera.distort_pixel(&Point2::new(1280.0, 720.0));
+        assert!(folded.x < b.x2 && folded.y < b.y2, "{folded}");
+        // A box wholly beyond the fold has no distorted image.
+        let far = Box2d::new(-900.0, -700.0, -800.0, -600.0).unwrap();
+        assert!(camera.distort_box(&far).is_none());
     }
 }

@@ -11,7 +11,7 @@ use monovlm_exporter::package::{ExportOptions, export};
 use monovlm_exporter::validate::Reference;
 use monovlm_runtime::Error;
 use monovlm_runtime::decoding::Decoding;
-use monovlm_runtime::grounder::{Grounder, GrounderOptions};
+use monovlm_runtime::grounder::{Generated, Grounder, GrounderOptions};
 use monovlm_runtime::model_config::Qwen25VlConfig;
 use monovlm_runtime::package::byte_level_tokenizer_json;
 use monovlm_runtime::preprocess::{MERGE_UNIT, PATCH_SIZE_PX, Preprocessed};
@@ -44,9 +44,15 @@ fn cpu(max_new_tokens: usize, batch_queries: bool) -> GrounderOptions {
     }
 }
 
-fn golden_greedy_tokens_are_reproduced(name: &str) {
+/// Greedy generation on the fixture's golden prompt, the package's config edited first.
+fn golden_greedy(name: &str, edit_config: impl FnOnce(&mut serde_json::Value)) -> (Reference, Generated) {
     let tmp = tempfile::tempdir().unwrap();
     let pkg = package(tmp.path(), name);
+    let config_path = pkg.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    edit_config(&mut config);
+    std::fs::write(&config_path, config.to_string()).unwrap();
     let reference = Reference::read(&fixture(name).join("io.safetensors")).unwrap();
     let mut grounder = Grounder::open(&pkg, cpu(reference.greedy_tokens.len(), true)).unwrap();
     // One image per prompt, as the runtime's prompts have (tiny_b's golden prompt holds two).
@@ -64,12 +70,27 @@ fn golden_greedy_tokens_are_reproduced(name: &str) {
         num_image_tokens: grid.iter().product::<usize>() / MERGE_UNIT,
     };
     let generated = grounder.generate(&pre, std::slice::from_ref(&reference.input_ids)).unwrap();
-    assert_eq!(generated.tokens[0], reference.greedy_tokens, "{name}");
+    (reference, generated)
 }
 
 #[test]
 fn tiny_a_checkpoint_to_package_to_runtime_greedy_equals_transformers() {
-    golden_greedy_tokens_are_reproduced("tiny_a");
+    let (reference, generated) = golden_greedy("tiny_a", |_| {});
+    assert_eq!(generated.tokens[0], reference.greedy_tokens);
+    assert!(!generated.stopped[0], "tiny_a's greedy tokens hold no end token");
+}
+
+/// Generation ends on any of the config's end tokens, not only `<|im_end|>` (hub Qwen2.5-VL ends
+/// on `<|endoftext|>` too): here the golden answer's third token is made an end token.
+#[test]
+fn generation_stops_on_the_config_end_tokens() {
+    let reference = Reference::read(&fixture("tiny_a").join("io.safetensors")).unwrap();
+    let end = reference.greedy_tokens[2];
+    assert!(!reference.greedy_tokens[..2].contains(&end));
+    let (_, generated) =
+        golden_greedy("tiny_a", |c| c["text_config"]["eos_token_id"] = serde_json::json!([504, end]));
+    assert_eq!(generated.tokens[0], reference.greedy_tokens[..3]);
+    assert!(generated.stopped[0]);
 }
 
 fn frame(w: u32, h: u32) -> Frame {
