@@ -101,7 +101,11 @@ pub enum Error {
         message: String,
     },
 
-    /// A model file cannot be loaded into an ONNX Runtime session.
+    /// ONNX Runtime refused the session options (thread counts, optimisation level).
+    #[error("ONNX Runtime refused the session options: {0}")]
+    SessionOptions(String),
+    /// A model file cannot be loaded into an ONNX Runtime session on the CPU provider (the graph's
+    /// fault: invalid, truncated, an unknown operator); GPU providers failing give [`Error::NoProvider`].
     #[error("ONNX Runtime session for {path}: {message}")]
     OrtSession {
         /// The model file.

@@ -11,9 +11,9 @@
 use std::time::Instant;
 
 use image::RgbImage;
+use monovlm_calib::Intrinsics;
 use monovlm_calib::synth::SplitMix64;
 use monovlm_calib::undistort::{NewCamera, UndistortMap, new_camera};
-use monovlm_calib::{Box2d, Intrinsics, Point2};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorRef};
 
@@ -230,9 +230,13 @@ impl Grounder {
     /// [`Error::Package`] for a wrong package, including a graph ONNX Runtime cannot load
     /// (truncated, corrupt, unknown operator: its message against the file); ONNX Runtime loading
     /// errors; [`Error::Package`] for an fp16 package (f16 interfaces are not wired here yet);
-    /// [`Error::InvalidOptions`] for decoding parameters that cannot run.
+    /// [`Error::InvalidOptions`] for decoding parameters that cannot run or a token limit of 0
+    /// (no answer could be written); [`Error::NoProvider`] when no requested provider opens a graph.
     pub fn open(dir: &std::path::Path, options: GrounderOptions) -> Result<Self> {
         options.decoding.validate()?;
+        if options.max_new_tokens == 0 {
+            return Err(Error::InvalidOptions("max_new_tokens must be at least 1".into()));
+        }
         let package = ModelPackage::open(dir)?;
         if !package.precision.f32_interfaces() {
             return Err(Error::Package {
@@ -245,6 +249,7 @@ impl Grounder {
         }
         let open = |rel: &std::path::Path| -> Result<(Session, Device)> {
             let path = package.graph(rel);
+            // Only the CPU provider's refusal is the file's fault (see `open_session`).
             open_session(&path, &options.session).map_err(|e| match e {
                 Error::OrtSession { path, message } => Error::Package {
                     path,
@@ -775,7 +780,7 @@ fn grounded_box(answer: &protocol::Answer, pre: &Preprocessed, camera: &Intrinsi
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use monovlm_calib::{Box3d, Distortion};
+    use monovlm_calib::{Box2d, Box3d, Distortion, Point2};
 
     use super::*;
     use crate::preprocess::PreprocessConfig;

@@ -159,17 +159,21 @@ fn session_err(model: &Path, e: impl std::fmt::Display) -> Error {
     Error::OrtSession { path: model.to_path_buf(), message: e.to_string() }
 }
 
-fn base_builder(model: &Path, opts: &SessionOptions) -> Result<SessionBuilder> {
+fn options_err(e: impl std::fmt::Display) -> Error {
+    Error::SessionOptions(e.to_string())
+}
+
+fn base_builder(opts: &SessionOptions) -> Result<SessionBuilder> {
     let env = ortlib::environment()?;
     let mut builder = Session::builder(env)
-        .map_err(|e| session_err(model, e))?
+        .map_err(options_err)?
         .with_optimization_level(opts.optimization)
-        .map_err(|e| session_err(model, e))?;
+        .map_err(options_err)?;
     if opts.intra_threads > 0 {
-        builder = builder.with_intra_threads(opts.intra_threads).map_err(|e| session_err(model, e))?;
+        builder = builder.with_intra_threads(opts.intra_threads).map_err(options_err)?;
     }
     if opts.inter_threads > 0 {
-        builder = builder.with_inter_threads(opts.inter_threads).map_err(|e| session_err(model, e))?;
+        builder = builder.with_inter_threads(opts.inter_threads).map_err(options_err)?;
     }
     Ok(builder)
 }
@@ -236,14 +240,14 @@ fn register(
 ///
 /// # Errors
 /// [`Error::OrtLibraryNotFound`] / [`Error::OrtInit`] when ONNX Runtime cannot be loaded;
-/// [`Error::OrtSession`] when the CPU provider (or the last one tried) cannot load the model
-/// (missing file, invalid or truncated graph, unknown operator); [`Error::NoProvider`] when every
-/// requested provider was unavailable.
+/// [`Error::SessionOptions`] for refused thread or optimisation settings; [`Error::OrtSession`]
+/// when the CPU provider cannot load the model (missing file, invalid or truncated graph, unknown
+/// operator); [`Error::NoProvider`] when every requested provider was unavailable or failed.
 pub fn open_session(model: &Path, opts: &SessionOptions) -> Result<(Session, Device)> {
     let mut reasons = Vec::new();
     for (i, &device) in opts.devices.iter().enumerate() {
         let last = i + 1 == opts.devices.len();
-        let builder = base_builder(model, opts)?;
+        let builder = base_builder(opts)?;
         let mut builder = match register(device, builder, opts) {
             Ok(b) => b,
             Err(reason) => {
@@ -254,10 +258,14 @@ pub fn open_session(model: &Path, opts: &SessionOptions) -> Result<(Session, Dev
         };
         match builder.commit_from_file(model) {
             Ok(session) => return Ok((session, device)),
-            // The CPU provider refusing a graph is the graph's fault: report it as such.
-            Err(e) if device == Device::Cpu || last => return Err(session_err(model, e)),
+            // The CPU provider refusing a graph is the graph's fault: report it as such. A GPU
+            // provider failing (out of memory, an engine build) is the provider's: fall back, and
+            // when it was the last one, say which providers failed and why.
+            Err(e) if device == Device::Cpu => return Err(session_err(model, e)),
             Err(e) => {
-                log_fallback_once(device, &e.to_string());
+                if !last {
+                    log_fallback_once(device, &e.to_string());
+                }
                 reasons.push(format!("{device}: {e}"));
             }
         }

@@ -30,6 +30,20 @@ pub struct Frame {
     pub captured: Instant,
 }
 
+impl Frame {
+    /// A file stem naming this frame's outputs (annotated images), unique within its source: an
+    /// image file's own stem; for a camera, whose frames all carry the device's name, the
+    /// device's stem and the frame index (`video0_000042`).
+    pub fn output_stem(&self) -> String {
+        let path = Path::new(&self.name);
+        match path.file_stem().map(|s| s.to_string_lossy()) {
+            Some(stem) if is_image(path) => stem.into_owned(),
+            Some(stem) => format!("{stem}_{:06}", self.index),
+            None => format!("{:06}", self.index),
+        }
+    }
+}
+
 /// Anything that yields frames.
 pub trait FrameSource: Send {
     /// The next frame; `Ok(None)` at the end of a finite source.
@@ -86,17 +100,35 @@ impl ImageDir {
     /// [`Error::Source`] when the directory cannot be read or holds no image.
     pub fn open(dir: &Path) -> Result<Self> {
         let src = |message: String| Error::Source { source_name: dir.display().to_string(), message };
-        let calib = dir.join("calib");
-        let (image_dir, calib_dir) = match KITTI_IMAGE_DIRS.iter().map(|d| dir.join(d)).find(|d| d.is_dir()) {
-            Some(images) if calib.is_dir() => (images, Some(calib)),
-            _ => (dir.to_path_buf(), None),
+        let list = |d: &Path| -> Result<Vec<PathBuf>> {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(d)
+                .map_err(|e| src(e.to_string()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && is_image(p))
+                .collect();
+            files.sort();
+            Ok(files)
         };
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&image_dir)
-            .map_err(|e| src(e.to_string()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && is_image(p))
-            .collect();
-        files.sort();
+        let calib = dir.join("calib");
+        let kitti_images = KITTI_IMAGE_DIRS.iter().map(|d| dir.join(d)).find(|d| d.is_dir());
+        let (image_dir, calib_dir, files) = match kitti_images {
+            Some(images) if calib.is_dir() => {
+                let files = list(&images)?;
+                (images, Some(calib), files)
+            }
+            // A KITTI image folder without `calib/`: its images, with the intrinsics given
+            // elsewhere (`--intrinsics`), unless the directory itself holds images.
+            kitti_images => {
+                let files = list(dir)?;
+                match kitti_images {
+                    Some(images) if files.is_empty() => {
+                        let files = list(&images)?;
+                        (images, None, files)
+                    }
+                    _ => (dir.to_path_buf(), None, files),
+                }
+            }
+        };
         if files.is_empty() {
             return Err(src(format!(
                 "no image ({}) in {}",
@@ -350,10 +382,18 @@ mod tests {
         let a = src.next_frame().unwrap().unwrap();
         let b = src.next_frame().unwrap().unwrap();
         assert_eq!((a.name.as_str(), b.name.as_str()), ("000000.png", "000001.png"));
+        assert_eq!(a.output_stem(), "000000");
+        let camera = Frame { name: "/dev/video0".into(), index: 42, ..b.clone() };
+        assert_eq!(camera.output_stem(), "video0_000042");
         assert_eq!(a.intrinsics.unwrap().fx(), 100.0);
         assert_eq!(b.intrinsics.unwrap().fx(), 120.0);
         assert!(src.next_frame().unwrap().is_none());
         assert!(ImageDir::open(&root.join("calib")).is_err());
+        // Without `calib/`, the KITTI image folder is still found; the frames carry no intrinsics.
+        std::fs::remove_dir_all(root.join("calib")).unwrap();
+        let mut src = ImageDir::open(root).unwrap();
+        assert_eq!(src.len(), 2);
+        assert!(src.next_frame().unwrap().unwrap().intrinsics.is_none());
     }
 
     #[test]

@@ -445,13 +445,10 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `frame` with `results` drawn as `dir/<frame stem>.jpg` (the folder is created).
+/// Writes `frame` with `results` drawn as `dir/<Frame::output_stem>.jpg` (the folder is created).
 fn write_annotated(dir: &Path, frame: &Frame, results: &[Grounding]) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let stem = Path::new(&frame.name)
-        .file_stem()
-        .map_or_else(|| format!("{:06}", frame.index), |s| s.to_string_lossy().into_owned());
-    let path = dir.join(format!("{stem}.jpg"));
+    let path = dir.join(format!("{}.jpg", frame.output_stem()));
     let drawn = draw::annotate(&frame.image, &results.iter().collect::<Vec<_>>());
     let bytes = draw::jpeg(&drawn).map_err(|e| anyhow::anyhow!("encoding {}: {e}", path.display()))?;
     std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
